@@ -1,0 +1,52 @@
+# spatial_probing — `make help` lists the targets.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+STAMP := .make/installed
+FEATURES ?= outputs/features
+# the full study: hub ids by default; pass local copies when offline, e.g.
+#   make reproduce VSR=../shared/vsr/random SBERT=sbert:$$HOME/.cache/spatial_probing/models/all-mpnet-base-v2
+VSR ?= cambridgeltl/vsr_random
+SBERT ?= sbert:sentence-transformers/all-mpnet-base-v2
+CLIP ?= openclip:ViT-B-32/openai
+IMAGES ?=
+TRAINER ?= configs/trainer/cpu.yaml
+export WANDB_MODE ?= offline
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-full lint demo reproduce clean
+
+help: ## Show this help.
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PIP) install -e ".[dev]"
+	@mkdir -p $(dir $@) && touch $@
+
+install: ## Install the package with test and lint tools (skipped when pyproject.toml is unchanged).
+	@rm -f $(STAMP)
+	@$(MAKE) --no-print-directory $(STAMP)
+
+test: $(STAMP) ## Fast offline test suite (CPU).
+	$(PYTHON) -m pytest -q
+
+test-full: $(STAMP) ## Everything, including the `slow` tests (2-process DDP, real models, fault injection).
+	$(PYTHON) -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP) ## Ruff lint.
+	$(PYTHON) -m ruff check spatial_probing tests benchmarks
+
+demo: $(STAMP) ## Offline: synthetic scenes -> MiniLM + random-init CLIP features -> probes -> report.
+	spatial-probing extract --config configs/trainer/cpu.yaml --config configs/extract/demo_minilm.yaml --feature_root $(FEATURES)
+	spatial-probing extract --config configs/trainer/cpu.yaml --config configs/extract/demo_clip_random.yaml --feature_root $(FEATURES)
+	spatial-probing fit --config configs/probe/demo.yaml
+
+reproduce: $(STAMP) ## The original study: SBERT, CLIP text/image/concat on VSR random train; probes; table.
+	spatial-probing extract --config $(TRAINER) --config configs/extract/sbert_mpnet.yaml --model.encoder $(SBERT) --data.dataset $(VSR) --feature_root $(FEATURES)
+	for v in text image concat; do \
+	  spatial-probing extract --config $(TRAINER) --config configs/extract/clip_vitb32_$$v.yaml --model.encoder $(CLIP) \
+	    --data.dataset $(VSR) $(if $(IMAGES),--data.image_root $(IMAGES)) --feature_root $(FEATURES) || exit 1; \
+	done
+	spatial-probing fit --config configs/probe/original_protocol.yaml --data.feature_root $(FEATURES)
+
+clean: ## Remove outputs (not the model or image caches under ~/.cache/spatial_probing).
+	rm -rf outputs wandb lightning_logs .make

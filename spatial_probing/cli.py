@@ -1,0 +1,89 @@
+"""``spatial-probing``: extract features, fit probes, list encoders.
+
+    spatial-probing extract --config configs/extract/sbert_mpnet.yaml [--trainer.devices 2 ...]
+    spatial-probing fit --config configs/probe/original_protocol.yaml [--data.features [...]]
+    spatial-probing list-encoders
+
+``extract`` and ``fit`` are LightningCLI programs: configs in ``class_path``/``init_args`` style, composed
+with repeated ``--config``, any option overridable on the command line, ``--print_config`` to see the
+resolved config.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from spatial_probing.errors import SpatialProbingError
+
+USAGE = __doc__
+
+
+class ExtractCLI(LightningCLI):
+    """LightningCLI for extraction: adds the cache options beside trainer/model/data."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--feature_root", type=str, default="outputs/features",
+                            help="Root directory of the feature cache.")
+        parser.add_argument("--dtype", type=str, default="float32",
+                            help="Storage dtype of the cached features: float32 or float16.")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="Recompute even when a complete cache entry exists.")
+
+
+def run_extract(args: list[str]) -> int:
+    """Run one extraction (a LightningCLI ``predict`` over the frozen encoder) into the feature cache."""
+    from spatial_probing.data.datamodule import SpatialDataModule
+    from spatial_probing.encoders.module import FrozenEncoder
+    from spatial_probing.features.extract import extract
+
+    cli = ExtractCLI(
+        FrozenEncoder,
+        SpatialDataModule,
+        run=False,
+        args=args,
+        save_config_callback=None,
+        trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False},
+    )
+    cfg = cli.config
+    extract(cli.trainer, cli.model, cli.datamodule, cfg.feature_root, cfg.dtype, cfg.overwrite)
+    return 0
+
+
+def run_list_encoders(args: list[str]) -> int:
+    """Print every encoder family with its name grammar, views and defaults."""
+    from spatial_probing.encoders.registry import list_encoders
+
+    for item in list_encoders():
+        print(f"{item['family']}")
+        for key, value in item.items():
+            if key != "family":
+                print(f"    {key}: {value}")
+    return 0
+
+
+def run_fit(args: list[str]) -> int:
+    from spatial_probing.probes.fit_cli import run_fit as fit
+
+    return fit(args)
+
+
+COMMANDS = {"extract": run_extract, "fit": run_fit, "list-encoders": run_list_encoders}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``spatial-probing`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
+        print(USAGE)
+        return 0 if not argv or argv[0] in {"-h", "--help"} else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except SpatialProbingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""One extraction: cache lookup, resume from finished shards, ``Trainer.predict``, one merge."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning.pytorch as pl
+
+from spatial_probing.data.datamodule import SpatialDataModule
+from spatial_probing.encoders.module import FrozenEncoder
+from spatial_probing.features.store import STORAGE_DTYPES, CacheKey, FeatureEntry, FeatureStore, model_source_fingerprint
+from spatial_probing.features.writer import FeatureWriter
+
+log = logging.getLogger(__name__)
+
+
+def view_parts(view: str) -> list[str]:
+    """The per-row streams a view concatenates, in order."""
+    return {"image": ["image"], "concat": ["text", "image"]}.get(view, ["text"])
+
+
+def cache_key(model: FrozenEncoder, datamodule: SpatialDataModule, dtype: str, precision: str) -> CacheKey:
+    """The key of an extraction, computed without loading any weights (so cache hits are instant)."""
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"--dtype {dtype!r} is not one of {STORAGE_DTYPES}")
+    rows = datamodule.rows
+    return CacheKey(
+        encoder=str(model.spec),
+        view=model.spec.view,
+        dataset=rows.name,
+        fingerprint=rows.fingerprint,
+        dtype=dtype,
+        precision=str(precision),
+        model_source=model_source_fingerprint(model.spec.model),
+    )
+
+
+def extract(
+    trainer: pl.Trainer,
+    model: FrozenEncoder,
+    datamodule: SpatialDataModule,
+    feature_root: str,
+    dtype: str = "float32",
+    overwrite: bool = False,
+) -> FeatureEntry | None:
+    """Return the cache entry for (encoder, view, dataset), computing only what is missing.
+
+    Returns None on ranks other than 0 of a multi-process run (the entry is merged on rank 0).
+    """
+    store = FeatureStore(feature_root)
+    key = cache_key(model, datamodule, dtype, trainer.precision)
+    store.clean_stale(key)
+    if not overwrite and (entry := store.lookup(key)) is not None:
+        print(f"cache hit: {entry.path} ({entry.features.shape[0]} x {entry.features.shape[1]}, {dtype})")
+        return entry
+    if overwrite:
+        store.discard(key)
+    parts = view_parts(model.spec.view)
+    partial = store.prepare_partial(key, datamodule.plan_signature())
+    plans = {"text": datamodule.text_plan(), "image": datamodule.image_plan()}
+    pending = {
+        stream: sorted(set(range(len(plans[stream]))) - store.completed_batches(partial, stream)) for stream in parts
+    }
+    done = sum(len(plans[s]) - len(pending[s]) for s in parts)
+    if done:
+        print(f"resuming: {done} of {sum(len(plans[s]) for s in parts)} batches already in {partial}")
+    encoder = model.build()
+    meta = {
+        "encoder": str(model.spec),
+        "view": model.spec.view,
+        "dataset": datamodule.rows.name,
+        "split": datamodule.split,
+        "source": datamodule.rows.source,
+        "preprocessing_fingerprint": encoder.preprocessing_fingerprint(),
+        "text_dim": encoder.text_dim,
+        "image_dim": encoder.image_dim,
+        "batch_size": datamodule.batch_size,
+        "world_size": trainer.world_size,
+    }
+    writer = FeatureWriter(store, key, datamodule.rows, parts, meta)
+    if not any(pending.values()):  # every shard survived a run killed during its merge
+        return store.finalize(key, datamodule.rows, parts, meta)
+    datamodule.attach(encoder, pending)
+    trainer.callbacks.append(writer)
+    trainer.predict(model, datamodule=datamodule, return_predictions=False)
+    if writer.entry is not None:
+        e = writer.entry
+        print(f"wrote {e.path} ({e.features.shape[0]} x {e.features.shape[1]}, {dtype}; {len(e.failures)} failed rows)")
+    return writer.entry

@@ -1,0 +1,328 @@
+"""The feature cache: keys, per-batch shards, one atomic merge, checksummed entries read memory-mapped.
+
+Layout (CLIP_benchmark-style ``feature_root/<dataset>/<encoder>/``)::
+
+    <root>/<dataset>/<encoder slug>/<key>/          complete entry; meta.json is written last
+        features.npy  valid.npy  rows.jsonl  failures.jsonl  meta.json
+    <root>/<dataset>/<encoder slug>/<key>.partial/  shards of an unfinished extraction (resume point)
+
+An entry directory only ever appears by ``os.rename`` of a fully written temp directory, and
+``load_entry`` verifies the sha256 of every file against meta.json, so a killed run can never leave
+something that reads as complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from spatial_probing.data.rows import SpatialRows
+from spatial_probing.errors import CacheError
+
+#: Bump when the on-disk layout or the meaning of a field changes; older entries are refused.
+FORMAT_VERSION = 1
+STORAGE_DTYPES = ("float32", "float16")
+_ENTRY_FILES = ("features.npy", "valid.npy", "rows.jsonl", "failures.jsonl")
+_LIBRARIES = ("spatial_probing", "torch", "lightning", "transformers", "open_clip_torch", "sentence-transformers")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, streamed so large feature files do not need to fit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_source_fingerprint(model: str) -> str | None:
+    """Hash of a local model's small config files plus weight-file sizes, or None for hub ids.
+
+    Changing a tokenizer or preprocessing config in a local model directory must change the cache
+    key; hashing the multi-GB weights on every lookup would make cache hits slow, so weights enter by
+    name and size only.
+    """
+    candidates = [Path(model).expanduser()]
+    if "/" in model:  # openclip "<arch>/<checkpoint path>"
+        candidates.append(Path(model.split("/", 1)[1]).expanduser())
+    for path in candidates:
+        if path.is_file():
+            return hashlib.sha256(f"{path.name}:{path.stat().st_size}".encode()).hexdigest()
+        if path.is_dir():
+            digest = hashlib.sha256()
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                rel = file.relative_to(path).as_posix()
+                if file.suffix in {".json", ".txt", ".model", ".yaml"}:
+                    digest.update(rel.encode() + file.read_bytes())
+                else:
+                    digest.update(f"{rel}:{file.stat().st_size}".encode())
+            return digest.hexdigest()
+    return None
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything that changes the numbers in an entry; its digest names the entry directory."""
+
+    encoder: str
+    view: str
+    dataset: str
+    fingerprint: str
+    dtype: str
+    precision: str
+    preprocessing: dict = field(default_factory=dict)
+    model_source: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    def as_dict(self) -> dict:
+        return {
+            "encoder": self.encoder,
+            "view": self.view,
+            "dataset": self.dataset,
+            "fingerprint": self.fingerprint,
+            "dtype": self.dtype,
+            "precision": self.precision,
+            "preprocessing": self.preprocessing,
+            "model_source": self.model_source,
+            "format_version": self.format_version,
+        }
+
+    @property
+    def digest(self) -> str:
+        canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+@-]+", "_", text).strip("_")
+
+
+@dataclass
+class FeatureEntry:
+    """A complete cache entry: per-row features (possibly memory-mapped) with their rows and provenance."""
+
+    path: Path
+    features: np.ndarray
+    valid: np.ndarray
+    rows: SpatialRows
+    meta: dict
+
+    @property
+    def failures(self) -> list[dict]:
+        return list(self.meta.get("failures", []))
+
+
+def load_entry(path: str | Path, verify: bool = True, mmap: bool = True) -> FeatureEntry:
+    """Open a complete entry; refuse partial, corrupt or incompatible ones with a CacheError."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        raise CacheError(f"{path} is not a complete feature-cache entry (no meta.json); rerun the extraction")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CacheError(f"{meta_path} is corrupt ({exc}); delete {path} and rerun the extraction") from exc
+    version = meta.get("key", {}).get("format_version")
+    if version != FORMAT_VERSION:
+        raise CacheError(
+            f"{path} was written with cache format {version}, this version reads format {FORMAT_VERSION}; "
+            f"delete it (or use another --feature_root) and rerun the extraction"
+        )
+    if verify:
+        for name in _ENTRY_FILES:
+            expected = meta["sha256"].get(name)
+            if not (path / name).is_file() or sha256_file(path / name) != expected:
+                raise CacheError(f"{path / name} does not match the checksum in meta.json; delete {path} and rerun")
+    features = np.load(path / "features.npy", mmap_mode="r" if mmap else None)
+    valid = np.load(path / "valid.npy")
+    rows = SpatialRows.from_jsonl(path / "rows.jsonl")
+    if features.shape[0] != len(rows) or valid.shape[0] != len(rows):
+        raise CacheError(f"{path}: features have {features.shape[0]} rows but rows.jsonl has {len(rows)}")
+    return FeatureEntry(path=path, features=features, valid=valid, rows=rows, meta=meta)
+
+
+def _atomic_save(path: Path, write) -> None:
+    """Write via a temp name in the same directory, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class FeatureStore:
+    """One cache root; hands out entry and shard locations for a key and merges shards into entries."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+
+    def entry_dir(self, key: CacheKey) -> Path:
+        return self.root / _slug(key.dataset) / _slug(f"{key.encoder}@{key.view}") / key.digest
+
+    def partial_dir(self, key: CacheKey) -> Path:
+        entry = self.entry_dir(key)
+        return entry.with_name(entry.name + ".partial")
+
+    def lookup(self, key: CacheKey) -> FeatureEntry | None:
+        """The complete, verified entry for ``key``, or None. A corrupt entry is an error, not a miss."""
+        path = self.entry_dir(key)
+        if not (path / "meta.json").is_file():
+            return None
+        return load_entry(path)
+
+    # -- shards -------------------------------------------------------------------------------
+    def prepare_partial(self, key: CacheKey, plan: dict) -> Path:
+        """Create (or reuse) the shard directory; shards from a different batch plan are discarded.
+
+        Batches are a fixed function of the rows and batch size, so a resumed run recomputes exactly the
+        batches that are missing and the merged cache is bit-identical to an uninterrupted one.
+        """
+        partial = self.partial_dir(key)
+        plan_path = partial / "plan.json"
+        if partial.exists() and (not plan_path.is_file() or json.loads(plan_path.read_text()) != plan):
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        if not plan_path.is_file():
+            _atomic_save(plan_path, lambda tmp: tmp.write_text(json.dumps(plan, sort_keys=True)))
+        return partial
+
+    @staticmethod
+    def shard_path(partial: Path, stream: str, batch_id: int) -> Path:
+        return partial / f"{stream}-{batch_id:06d}.npz"
+
+    @staticmethod
+    def write_shard(path: Path, indices: np.ndarray, features: np.ndarray, failures: list[dict]) -> None:
+        """Save one batch's features with the row (or image) indices they belong to, atomically."""
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, indices=indices, features=features, failures=json.dumps(failures))
+
+        _atomic_save(path, write)
+
+    @staticmethod
+    def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
+        """A shard's contents, or None when it is unreadable (it is then recomputed)."""
+        try:
+            with np.load(path) as data:
+                return data["indices"], data["features"], json.loads(str(data["failures"]))
+        except Exception:  # noqa: BLE001 - any damage means "not done"; the batch is simply redone
+            return None
+
+    def completed_batches(self, partial: Path, stream: str) -> set[int]:
+        done = set()
+        for path in partial.glob(f"{stream}-*.npz"):
+            if self.read_shard(path) is None:
+                path.unlink()
+            else:
+                done.add(int(path.stem.split("-")[1]))
+        return done
+
+    # -- merge --------------------------------------------------------------------------------
+    def _gather(self, partial: Path, stream: str, n: int) -> tuple[np.ndarray | None, dict[int, str]]:
+        """Merge one stream's shards into an [n, d] array; duplicates (DDP padding) collapse by index."""
+        out: np.ndarray | None = None
+        seen = np.zeros(n, dtype=bool)
+        failed: dict[int, str] = {}
+        for path in sorted(partial.glob(f"{stream}-*.npz")):
+            shard = self.read_shard(path)
+            if shard is None:
+                raise CacheError(f"shard {path} is unreadable; rerun the same command to recompute it")
+            indices, feats, failures = shard
+            if out is None and feats.ndim == 2 and feats.shape[0]:
+                out = np.full((n, feats.shape[1]), np.nan, dtype=np.float32)
+            if len(indices):
+                out[indices] = feats
+                seen[indices] = True
+            for failure in failures:
+                failed[int(failure["index"])] = failure["reason"]
+                seen[int(failure["index"])] = True
+        missing = np.flatnonzero(~seen)
+        if len(missing):
+            raise CacheError(f"{stream} stream is missing {len(missing)} items (first: {missing[:5].tolist()}); rerun")
+        return out, failed
+
+    def finalize(self, key: CacheKey, rows: SpatialRows, view_parts: Iterable[str], extra_meta: dict) -> FeatureEntry:
+        """Merge the shards of ``key`` into a complete entry, atomically, then drop the shards.
+
+        ``view_parts`` are the streams the view concatenates per row, in order ("text", "image").
+        """
+        partial = self.partial_dir(key)
+        image_names, row_to_image = rows.unique_images()
+        parts, valid, failures = [], np.ones(len(rows), dtype=bool), []
+        for stream in view_parts:
+            if stream == "text":
+                feats, _ = self._gather(partial, "text", len(rows))
+                parts.append(feats)
+                continue
+            feats, failed = self._gather(partial, "image", len(image_names))
+            if feats is None:  # every image failed: keep the shape honest, all rows invalid
+                feats = np.full((len(image_names), int(extra_meta.get("image_dim") or 1)), np.nan, np.float32)
+            parts.append(feats[row_to_image])
+            failed_rows = np.isin(row_to_image, np.fromiter(failed, dtype=np.int64, count=len(failed)))
+            valid &= ~failed_rows
+            failures = [
+                {"row": int(r), "image": image_names[row_to_image[r]], "reason": failed[int(row_to_image[r])]}
+                for r in np.flatnonzero(failed_rows)
+            ]
+        features = np.concatenate(parts, axis=1).astype(key.dtype)
+        features[~valid] = np.nan  # a failed image is never silently zero-filled
+        return self._publish(key, rows, features, valid, failures, extra_meta)
+
+    def _publish(self, key, rows, features, valid, failures, extra_meta) -> FeatureEntry:
+        final = self.entry_dir(key)
+        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        np.save(tmp / "features.npy", features)
+        np.save(tmp / "valid.npy", valid)
+        rows.to_jsonl(tmp / "rows.jsonl")
+        (tmp / "failures.jsonl").write_text("".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
+        meta = {
+            "key": key.as_dict(),
+            "digest": key.digest,
+            "shape": list(features.shape),
+            "n_valid": int(valid.sum()),
+            "failures": failures,
+            "sha256": {name: sha256_file(tmp / name) for name in _ENTRY_FILES},
+            "versions": _library_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **extra_meta,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if final.exists():  # a concurrent run finished first; entries for one key are identical
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, final)
+        shutil.rmtree(self.partial_dir(key), ignore_errors=True)
+        return load_entry(final)
+
+    def discard(self, key: CacheKey) -> None:
+        """Delete the entry and any shards for ``key`` (``--overwrite``)."""
+        shutil.rmtree(self.entry_dir(key), ignore_errors=True)
+        shutil.rmtree(self.partial_dir(key), ignore_errors=True)
+
+    def clean_stale(self, key: CacheKey) -> None:
+        """Remove temp directories left by merges that were killed before their rename."""
+        final = self.entry_dir(key)
+        for tmp in final.parent.glob(f"{final.name}.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

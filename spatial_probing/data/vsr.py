@@ -126,7 +126,8 @@ def _read_hub(hub_id: str, split: str) -> Iterator[tuple[int, Any]]:
         ds = datasets.load_dataset(hub_id, data_files={split: f"{split}.jsonl"}, split=split)
     except OSError as exc:  # ConnectionError (offline, unreachable) and DatasetNotFoundError are OSErrors
         raise DataError(
-            f"cannot load {hub_id!r} from the Hugging Face hub (unreachable or offline: {exc}). Pass a local "
+            f"cannot load {hub_id!r} from the Hugging Face hub (unreachable or offline: {exc}), and no local "
+            f"directory of that name exists. Pass a local "
             "directory of {train,dev,test}.jsonl instead, e.g. a clone of the VSR repository's "
             "data/splits/random (https://github.com/cambridgeltl/visual-spatial-reasoning)."
         ) from exc

@@ -1,0 +1,163 @@
+"""The frozen-encoder interface every adapter implements, and what the adapters share.
+
+An encoder exposes its two halves separately: ``encode_text`` gives the text part of the view
+(``text`` or ``text-pooled``), ``encode_image`` the image part. The ``concat`` view (text || image,
+``dim = text_dim + image_dim``) is assembled per row downstream, because the extraction encodes each
+unique image once and joins it to every row that shows it.
+
+Inputs are prepared off the model: ``preprocess_text`` at collate time (a batch of captions ->
+token tensors), ``preprocess_image`` at dataset time (one image -> ``[3, H, W]``). ``encode_*``
+expect those tensors already on the encoder's device and return float32 ``[B, dim]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from PIL import Image
+
+from spatial_probing.encoders.registry import EncoderSpec
+from spatial_probing.errors import EncoderError
+
+T = TypeVar("T")
+
+
+class Encoder(torch.nn.Module):
+    """A frozen text and/or image encoder: always in eval mode, no parameter requires grad."""
+
+    def __init__(self, spec: EncoderSpec, text_dim: int, image_dim: int | None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.text_dim = text_dim
+        self.image_dim = image_dim
+
+    def freeze(self) -> None:
+        """Put every submodule in eval mode and stop gradients; adapters call this once built."""
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Encoder:
+        """Stay in eval mode whatever is asked: dropout in a frozen encoder would change features."""
+        return super().train(False)
+
+    @property
+    def needs_text(self) -> bool:
+        """Whether the view has a text part."""
+        return self.spec.view != "image"
+
+    @property
+    def needs_image(self) -> bool:
+        """Whether the view has an image part."""
+        return self.spec.view in ("image", "concat")
+
+    @property
+    def dim(self) -> int:
+        """Width of the view's feature row: text part, image part, or both for concat."""
+        return (self.text_dim if self.needs_text else 0) + ((self.image_dim or 0) if self.needs_image else 0)
+
+    def preprocess_text(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenise a batch of captions exactly as the underlying library does."""
+        raise NotImplementedError
+
+    def preprocess_image(self, img: Image.Image) -> torch.Tensor:
+        """Transform one RGB image into the ``[3, H, W]`` pixel tensor the image tower expects."""
+        raise self._no_images()
+
+    def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Text features ``[B, text_dim]`` (float32) for the output of ``preprocess_text``."""
+        raise NotImplementedError
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image features ``[B, image_dim]`` (float32) for stacked ``preprocess_image`` outputs."""
+        raise self._no_images()
+
+    def preprocessing_settings(self) -> dict[str, Any]:
+        """The tokeniser / transform / normalisation settings that change features (JSON-able)."""
+        raise NotImplementedError
+
+    def preprocessing_fingerprint(self) -> str:
+        """sha256 of ``preprocessing_settings()``: part of the feature-cache key."""
+        canonical = json.dumps(self.preprocessing_settings(), sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def _no_images(self) -> EncoderError:
+        return EncoderError(
+            f"encoder {self.spec} has no image tower (family {self.spec.family} is text-only)"
+        )
+
+
+@contextmanager
+def seeded(seed: int = 0) -> Iterator[None]:
+    """Seed the CPU RNG inside a fork, so random-init weights are identical in every run and the
+    caller's random stream is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub must not be contacted; read at call time (huggingface_hub reads
+    the variable once at import) so a process can switch it on after importing the libraries."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any(f and f.upper() in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def _looks_like_path(model: str) -> bool:
+    # Hub ids are `name` or `org/name`; anything else is meant as a file system path.
+    return model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def resolve_model_dir(spec: EncoderSpec, required: Sequence[tuple[str, ...]]) -> str:
+    """Return ``spec.model`` as a checked local directory, or unchanged as a hub id.
+
+    ``required`` lists the files a complete directory holds, each as a tuple of alternatives.
+    """
+    path = Path(spec.model).expanduser()
+    if not path.exists():
+        if _looks_like_path(spec.model):
+            raise EncoderError(f"encoder {spec}: local model path {path.absolute()} does not exist")
+        return spec.model
+    if not path.is_dir():
+        raise EncoderError(f"encoder {spec}: {path} is not a model directory")
+    for alternatives in required:
+        if not any((path / name).exists() for name in alternatives):
+            others = f" (or {', '.join(alternatives[1:])})" if len(alternatives) > 1 else ""
+            raise EncoderError(
+                f"encoder {spec}: model directory {path} is missing {alternatives[0]}{others}; "
+                f"copy the complete model directory there (e.g. `huggingface-cli download <hub id> --local-dir {path}`)"
+            )
+    return str(path.resolve())
+
+
+def load_or_explain(load: Callable[[], T], spec: EncoderSpec, source: str, offline_fix: str) -> T:
+    """Run a library loader; turn its failure into one EncoderError that says how to supply weights offline."""
+    try:
+        return load()
+    except (OSError, ValueError, RuntimeError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if Path(source).exists():
+            raise EncoderError(f"encoder {spec}: cannot load {source}: {detail}") from err
+        reach = "is offline (HF_HUB_OFFLINE=1)" if hub_offline() else "could not be reached"
+        raise EncoderError(
+            f"encoder {spec}: {source!r} is not available locally (no such path, not in the local cache) "
+            f"and the hub {reach}. "
+            f"{offline_fix} ({type(err).__name__}: {detail})"
+        ) from err
+
+
+def hub_download_fix(family: str, hub_id: str) -> str:
+    """How to make a hub model available on a machine without network, for error messages."""
+    return (
+        f"To use it offline: on a connected machine run `huggingface-cli download {hub_id} --local-dir DIR`, "
+        f"copy DIR here and pass `{family}:DIR`. Set HF_HUB_OFFLINE=1 on machines without network so "
+        "loading fails at once instead of retrying."
+    )

@@ -109,7 +109,7 @@ def test_slug_is_directory_safe_and_distinct() -> None:
 def test_list_encoders_covers_every_family() -> None:
     entries = {entry["family"]: entry for entry in list_encoders()}
     assert set(entries) == {"sbert", "openclip", "hf-clip"}
-    assert "ViT-B-32" in entries["openclip"]["architectures"]
+    assert "ViT-B-32" in entries["openclip"]["architectures"].split(", ")
     assert "text-pooled" in entries["hf-clip"]["views"]
     for entry in entries.values():
         assert entry["description"] and entry["default_view"] in entry["views"]

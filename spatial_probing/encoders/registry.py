@@ -162,7 +162,8 @@ def list_encoders() -> list[dict[str, Any]]:
             "random_init": f"append {RANDOM_INIT_SUFFIX} for the same architecture with seeded untrained weights",
         }
         if family.name == "openclip":
-            entry["architectures"] = open_clip.list_models()
+            # one line for the listing; the names are what goes before "/" in an openclip name
+            entry["architectures"] = ", ".join(open_clip.list_models())
         entries.append(entry)
     return entries
 

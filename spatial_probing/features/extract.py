@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import logging
+import warnings
 
 import lightning.pytorch as pl
 
 from spatial_probing.data.datamodule import SpatialDataModule
+from spatial_probing.data.vsr import dataset_summary
 from spatial_probing.encoders.module import FrozenEncoder
 from spatial_probing.features.store import STORAGE_DTYPES, CacheKey, FeatureEntry, FeatureStore, model_source_fingerprint
 from spatial_probing.features.writer import FeatureWriter
 
-log = logging.getLogger(__name__)
+# Batches are whole items of a planned dataset (batch_size=None), so Lightning cannot list per-row batch
+# indices; the writer does not need them (each batch carries its own row indices).
+warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
 
 
 def view_parts(view: str) -> list[str]:
@@ -70,7 +73,7 @@ def extract(
         "view": model.spec.view,
         "dataset": datamodule.rows.name,
         "split": datamodule.split,
-        "source": datamodule.rows.source,
+        "dataset_summary": dataset_summary(datamodule.rows),
         "preprocessing_fingerprint": encoder.preprocessing_fingerprint(),
         "text_dim": encoder.text_dim,
         "image_dim": encoder.image_dim,

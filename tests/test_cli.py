@@ -1,0 +1,39 @@
+"""The console script's subcommands: help, list-encoders, resolved configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from spatial_probing.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_and_unknown_command(capsys):
+    assert main([]) == 0
+    assert "spatial-probing extract" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
+
+
+def test_list_encoders_names_every_family(capsys):
+    assert main(["list-encoders"]) == 0
+    out = capsys.readouterr().out
+    for family in ("sbert", "openclip", "hf-clip"):
+        assert f"\n{family}\n" in f"\n{out}"
+    assert "random-init" in out and "ViT-B-32" in out
+
+
+def test_extract_print_config_composes_configs_and_overrides(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "--config", str(REPO / "configs/trainer/multi_gpu_ddp.yaml"),
+              "--config", str(REPO / "configs/extract/clip_vitb32_concat.yaml"),
+              "--data.batch_size", "128", "--print_config"])
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["trainer"]["strategy"] == "ddp" and config["trainer"]["precision"] == "bf16-mixed"
+    assert config["model"] == {"encoder": "openclip:ViT-B-32/openai", "view": "concat", "random_init": False}
+    assert config["data"]["batch_size"] == 128 and config["data"]["dataset"] == "cambridgeltl/vsr_random"
+    assert config["feature_root"] == "outputs/features"

@@ -1,0 +1,128 @@
+"""The tidy results table and the tables derived from it (comparison in the first study's layout, summary).
+
+Every number a fit produces is one row of ``RESULT_COLUMNS``; everything else (CSV, Parquet, the
+comparison table, W&B tables, the HTML report) is a view of that one table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULT_COLUMNS = (
+    "encoder", "view", "layer", "task", "target", "fold", "C", "metric", "value", "solver", "n_train", "n_test",
+)  # fmt: skip
+#: Identify one probe set (one encoder entry fitted with one solver); C joins when a grid is unselected.
+PROBE_KEYS = ["encoder", "view", "layer", "task", "solver"]
+_SORT_KEYS = ["encoder", "view", "layer", "task", "solver", "target", "fold", "C", "metric"]
+#: The first study's number: mean of the F1 of class 0 and class 1.
+HEADLINE_METRIC = "f1_macro"
+# a local model directory inside an encoder name, up to its last component
+_LOCAL_PATH = re.compile(r"(?<![\w.-])[~/][^@\s]*/")
+
+
+def results_frame(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One results table from parts, with exactly ``RESULT_COLUMNS`` in order and stable dtypes."""
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RESULT_COLUMNS))
+    return df[list(RESULT_COLUMNS)].astype({"fold": "int64", "C": "float64", "value": "float64", "n_train": "int64", "n_test": "int64"})
+
+
+def sort_results(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows in one canonical order, so files written from the same numbers are byte-identical."""
+    return df.sort_values(_SORT_KEYS, kind="mergesort").reset_index(drop=True)
+
+
+def short_encoder(encoder: str) -> str:
+    """An encoder name with local directories cut to their last component (``sbert:all-mpnet-base-v2@text``)."""
+    return _LOCAL_PATH.sub("", encoder)
+
+
+def probe_labels(df: pd.DataFrame) -> pd.Series:
+    """A column name per row for cross-encoder tables: the (shortened) encoder, plus what varies.
+
+    View, layer, C and solver join the label only when they vary within one encoder. C counts as
+    varying only when a probe set has several C for the same target and fold (an unselected grid);
+    with inner-CV selection the chosen C differs between folds but is one probe.
+    """
+    short = df["encoder"].map(short_encoder)
+    # shortening must not merge two encoders that differ only in their directory
+    label = short if short.nunique() == df["encoder"].nunique() else df["encoder"].astype(str)
+    for column in ("view", "layer"):
+        if df.groupby(label)[column].transform("nunique").gt(1).any():
+            label = label + f" {column}=" + df[column].astype(str)
+    n_c = df.groupby([*PROBE_KEYS, "target", "fold", "metric"])["C"].transform("nunique")
+    label = label.where(n_c <= 1, label + " C=" + df["C"].map("{:g}".format))
+    if df.groupby(label)["solver"].transform("nunique").gt(1).any():
+        label = label + " (" + df["solver"].astype(str) + ")"
+    return label
+
+
+def comparison_table(df: pd.DataFrame, metric: str = HEADLINE_METRIC) -> pd.DataFrame:
+    """Target x probe table of the fold-mean ``metric`` with a final MEAN row (the first study's layout).
+
+    Targets keep the order they first appear in ``df`` (the task's order: most frequent relation first).
+    """
+    rows = df[df["metric"] == metric].assign(probe=lambda d: probe_labels(d))
+    table = rows.pivot_table(index="target", columns="probe", values="value", aggfunc="mean", sort=False)
+    table = table.reindex(index=pd.unique(rows["target"]), columns=pd.unique(rows["probe"]))
+    table.loc["MEAN"] = table.mean(axis=0)
+    table.index.name = "target"
+    table.columns.name = None
+    return table
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per probe set and metric: mean over targets and folds, and the std over folds of the target mean.
+
+    The std is over folds (population std, ddof=0) of each fold's mean over targets, the spread the
+    first study reported as "0.7097 +- 0.001".
+    """
+    labelled = df.assign(probe=probe_labels(df))
+    per_fold = labelled.groupby(["probe", *PROBE_KEYS, "metric", "fold"], sort=False)["value"].mean()
+    grouped = per_fold.groupby(level=["probe", *PROBE_KEYS, "metric"], sort=False)
+    out = pd.DataFrame({"mean": grouped.mean(), "std": grouped.agg(lambda v: float(np.std(v, ddof=0)))})
+    out["n_folds"] = grouped.size()
+    n_targets = labelled.groupby(["probe", *PROBE_KEYS, "metric"], sort=False)["target"].nunique()
+    out["n_targets"] = n_targets
+    return out.reset_index()
+
+
+def format_table(table: pd.DataFrame, digits: int = 4) -> str:
+    """A fixed-width text rendering for terminals and logs."""
+    return table.to_string(float_format=lambda v: f"{v:.{digits}f}", na_rep="-")
+
+
+def _write_csv(df: pd.DataFrame, path: Path, float_format: str, index: bool = False) -> None:
+    # lineterminator fixed so the bytes do not depend on the platform
+    df.to_csv(path, index=index, float_format=float_format, lineterminator="\n")
+
+
+def write_results(df: pd.DataFrame, out_dir: str | Path, fits: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write results.csv (+ results.parquet when pyarrow is importable), comparison.csv, summary.csv.
+
+    ``fits`` (one row per probe set: provenance, excluded rows, solver, convergence) goes to fits.csv.
+
+    Rows are sorted and numbers formatted with a fixed precision (values to 6 decimals, C as ``%g``)
+    so two runs that computed the same numbers produce byte-identical CSVs. Returns the written paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ordered = sort_results(df)
+    written = {"results": out / "results.csv"}
+    csv_ready = ordered.assign(C=ordered["C"].map("{:g}".format))
+    _write_csv(csv_ready, written["results"], "%.6f")
+    if importlib.util.find_spec("pyarrow") is not None:
+        written["parquet"] = out / "results.parquet"
+        ordered.to_parquet(written["parquet"], index=False)
+    written["comparison"] = out / "comparison.csv"
+    _write_csv(comparison_table(df), written["comparison"], "%.6f", index=True)
+    written["summary"] = out / "summary.csv"
+    _write_csv(summary(df), written["summary"], "%.6f")
+    if fits is not None:
+        written["fits"] = out / "fits.csv"
+        _write_csv(fits, written["fits"], "%.6g")
+    return written

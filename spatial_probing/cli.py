@@ -12,6 +12,7 @@ resolved config.
 from __future__ import annotations
 
 import sys
+from typing import Literal
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -26,7 +27,8 @@ class ExtractCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--feature_root", type=str, default="outputs/features",
                             help="Root directory of the feature cache.")
-        parser.add_argument("--dtype", type=str, default="float32",
+        # The choices of features.store.STORAGE_DTYPES, as a Literal: a bad value is refused while parsing.
+        parser.add_argument("--dtype", type=Literal["float32", "float16"], default="float32",
                             help="Storage dtype of the cached features: float32 or float16.")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="Recompute even when a complete cache entry exists.")

@@ -16,6 +16,7 @@ from spatial_probing.data.images import ImageLoadError, ImageSource
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.data.scenes import write_scenes
 from spatial_probing.data.vsr import load_vsr
+from spatial_probing.errors import DataError
 
 
 def cache_root() -> Path:
@@ -79,6 +80,8 @@ class SpatialDataModule(pl.LightningDataModule):
         image_retries: int = 2,
     ) -> None:
         super().__init__()
+        if batch_size < 1:  # checked here: a zero step would only fail later, deep inside the batch plan
+            raise DataError(f"--data.batch_size must be at least 1, got {batch_size}")
         self.dataset, self.split, self.relations = dataset, split, relations
         self.image_root, self.image_cache = image_root, image_cache
         self.batch_size, self.num_workers = batch_size, num_workers

@@ -299,9 +299,11 @@ class FeatureStore:
             **extra_meta,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if final.exists():  # a concurrent run finished first; entries for one key are identical
+        if (final / "meta.json").is_file():  # a concurrent run finished first; entries for one key are identical
             shutil.rmtree(tmp)
         else:
+            # Without meta.json a directory there is the remains of a delete that was killed (--overwrite).
+            shutil.rmtree(final, ignore_errors=True)
             os.rename(tmp, final)
         shutil.rmtree(self.partial_dir(key), ignore_errors=True)
         return load_entry(final)

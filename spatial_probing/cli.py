@@ -19,6 +19,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from spatial_probing.errors import SpatialProbingError
 
 USAGE = __doc__
+# `args=` is how subcommands hand their argv to LightningCLI; sys.argv still holds the subcommand name
+# (the DDP launcher re-executes it), which LightningCLI would otherwise warn about on every run.
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class ExtractCLI(LightningCLI):

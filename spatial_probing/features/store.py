@@ -108,6 +108,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+@-]+", "_", text).strip("_")
 
 
+def _encoder_dirname(encoder: str) -> str:
+    """A readable directory name for an encoder spec: local model paths shrink to their last component.
+
+    The entry below it is named by the full key digest, so two models with the same base name never mix.
+    """
+    family, _, rest = encoder.partition(":")
+    model, at, view = rest.rpartition("@")
+    if model.startswith(("/", "~", ".")):
+        model = Path(model).name
+    return _slug(f"{family}_{model}{at}{view}")
+
+
 @dataclass
 class FeatureEntry:
     """A complete cache entry: per-row features (possibly memory-mapped) with their rows and provenance."""
@@ -166,7 +178,7 @@ class FeatureStore:
         self.root = Path(root).expanduser()
 
     def entry_dir(self, key: CacheKey) -> Path:
-        return self.root / _slug(key.dataset) / _slug(f"{key.encoder}@{key.view}") / key.digest
+        return self.root / _slug(key.dataset) / _encoder_dirname(key.encoder) / key.digest
 
     def partial_dir(self, key: CacheKey) -> Path:
         entry = self.entry_dir(key)

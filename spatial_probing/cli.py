@@ -12,9 +12,8 @@ resolved config.
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Literal
-
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from spatial_probing.errors import SpatialProbingError
 
@@ -25,24 +24,38 @@ warnings.filterwarnings("ignore", message="LightningCLI's args parameter is inte
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
-class ExtractCLI(LightningCLI):
-    """LightningCLI for extraction: adds the cache options beside trainer/model/data."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--feature_root", type=str, default="outputs/features",
-                            help="Root directory of the feature cache.")
-        # The choices of features.store.STORAGE_DTYPES, as a Literal: a bad value is refused while parsing.
-        parser.add_argument("--dtype", type=Literal["float32", "float16"], default="float32",
-                            help="Storage dtype of the cached features: float32 or float16.")
-        parser.add_argument("--overwrite", type=bool, default=False,
-                            help="Recompute even when a complete cache entry exists.")
+def _add_cache_options(parser) -> None:
+    """The extraction options beside trainer/model/data."""
+    parser.add_argument("--feature_root", type=str, default="outputs/features",
+                        help="Root directory of the feature cache.")
+    # The choices of features.store.STORAGE_DTYPES, as a Literal: a bad value is refused while parsing.
+    parser.add_argument("--dtype", type=Literal["float32", "float16"], default="float32",
+                        help="Storage dtype of the cached features: float32 or float16.")
+    parser.add_argument("--overwrite", type=bool, default=False,
+                        help="Recompute even when a complete cache entry exists.")
 
 
 def run_extract(args: list[str]) -> int:
-    """Run one extraction (a LightningCLI ``predict`` over the frozen encoder) into the feature cache."""
+    """Run one extraction (a LightningCLI ``predict`` over the frozen encoder) into the feature cache.
+
+    A repeated, unchanged invocation is answered from its run record before Lightning is imported.
+    """
+    from spatial_probing.features.runs import record_run, recorded_hit
+
+    if (entry := recorded_hit(args)) is not None:
+        rows, dim = entry.features.shape
+        print(f"cache hit: {entry.path} ({rows} x {dim}, {entry.meta['key']['dtype']})")
+        return 0
+
+    from lightning.pytorch.cli import LightningCLI
+
     from spatial_probing.data.datamodule import SpatialDataModule
     from spatial_probing.encoders.module import FrozenEncoder
     from spatial_probing.features.extract import extract
+
+    class ExtractCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            _add_cache_options(parser)
 
     cli = ExtractCLI(
         FrozenEncoder,
@@ -53,7 +66,9 @@ def run_extract(args: list[str]) -> int:
         trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False},
     )
     cfg = cli.config
-    extract(cli.trainer, cli.model, cli.datamodule, cfg.feature_root, cfg.dtype, cfg.overwrite)
+    entry = extract(cli.trainer, cli.model, cli.datamodule, cfg.feature_root, cfg.dtype, cfg.overwrite)
+    if entry is not None:
+        record_run(args, entry, cli.datamodule.data_args(), cli.model.spec.model, cfg.feature_root)
     return 0
 
 

@@ -74,9 +74,10 @@ def test_key_changes_with_dtype_and_dataset(tmp_path, minilm_dir):
 
 def test_concat_encodes_each_image_once_and_masks_failed_images(tmp_path):
     from spatial_probing.data.datamodule import SpatialDataModule
+    from spatial_probing.data.sources import dataset_location
 
     dm = SpatialDataModule(dataset="scenes", scenes_per_relation=3)
-    images_dir = Path(dm._source()[1])
+    images_dir = Path(dataset_location("scenes", None, 3, 0)[1])
     names, row_to_image = dm.rows.unique_images()
     assert len(names) < len(dm.rows)  # captions share images, so dedup is exercised
     (images_dir / names[0]).write_bytes(b"")  # zero-byte file

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,14 +12,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from spatial_probing.data.images import ImageLoadError, ImageSource
 from spatial_probing.data.rows import SpatialRows
-from spatial_probing.data.scenes import write_scenes
-from spatial_probing.data.vsr import load_vsr
+from spatial_probing.data.sources import cache_root, dataset_location, load_rows
 from spatial_probing.errors import DataError
-
-
-def cache_root() -> Path:
-    """Where generated scenes and downloaded images live (``SPATIAL_PROBING_CACHE`` overrides)."""
-    return Path(os.environ.get("SPATIAL_PROBING_CACHE", "~/.cache/spatial_probing")).expanduser()
 
 
 class _PlannedBatches(Dataset):
@@ -91,27 +83,20 @@ class SpatialDataModule(pl.LightningDataModule):
         self._loaders: list[DataLoader] = []
 
     # -- rows ---------------------------------------------------------------------------------
-    def _source(self) -> tuple[str, str | None]:
-        """The dataset location and image root; synthetic scenes are generated once into the cache."""
-        if self.dataset != "scenes":
-            return self.dataset, self.image_root
-        out = write_scenes(
-            cache_root() / "scenes" / f"n{self.scenes_per_relation}-seed{self.scenes_seed}",
-            n_per_relation=self.scenes_per_relation,
-            seed=self.scenes_seed,
-        )
-        return str(out), str(Path(out) / "images")
+    def data_args(self) -> dict[str, Any]:
+        """The options that determine the rows (what a cache lookup needs to reload them)."""
+        return {"dataset": self.dataset, "split": self.split, "relations": self.relations,
+                "scenes_per_relation": self.scenes_per_relation, "scenes_seed": self.scenes_seed}
 
     @property
     def rows(self) -> SpatialRows:
         """The validated rows of the chosen split (loaded once)."""
         if self._rows is None:
-            source, _ = self._source()
-            self._rows = load_vsr(source, self.split, relations=self.relations)
+            self._rows = load_rows(**self.data_args())
         return self._rows
 
     def image_source(self) -> ImageSource:
-        _, root = self._source()
+        _, root = dataset_location(self.dataset, self.image_root, self.scenes_per_relation, self.scenes_seed)
         cache = self.image_cache or str(cache_root() / "images")
         return ImageSource(root=root, cache_dir=cache, timeout_s=self.image_timeout_s, retries=self.image_retries)
 

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from spatial_probing.data.datamodule import SpatialDataModule
 from spatial_probing.data.vsr import dataset_summary
 from spatial_probing.encoders.module import FrozenEncoder
-from spatial_probing.features.store import STORAGE_DTYPES, CacheKey, FeatureEntry, FeatureStore, model_source_fingerprint
+from spatial_probing.features.store import CacheKey, FeatureEntry, FeatureStore, make_key
 from spatial_probing.features.writer import FeatureWriter
 
 # Batches are whole items of a planned dataset (batch_size=None), so Lightning cannot list per-row batch
@@ -24,18 +24,8 @@ def view_parts(view: str) -> list[str]:
 
 def cache_key(model: FrozenEncoder, datamodule: SpatialDataModule, dtype: str, precision: str) -> CacheKey:
     """The key of an extraction, computed without loading any weights (so cache hits are instant)."""
-    if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"--dtype {dtype!r} is not one of {STORAGE_DTYPES}")
-    rows = datamodule.rows
-    return CacheKey(
-        encoder=str(model.spec),
-        view=model.spec.view,
-        dataset=rows.name,
-        fingerprint=rows.fingerprint,
-        dtype=dtype,
-        precision=str(precision),
-        model_source=model_source_fingerprint(model.spec.model),
-    )
+    spec = model.spec
+    return make_key(str(spec), spec.view, spec.model, datamodule.rows, dtype, str(precision))
 
 
 def extract(

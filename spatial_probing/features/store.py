@@ -21,13 +21,14 @@ import re
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from spatial_probing.data.rows import SpatialRows
+from spatial_probing.data.sources import cache_root
 from spatial_probing.errors import CacheError
 
 #: Bump when the on-disk layout or the meaning of a field changes; older entries are refused.
@@ -46,27 +47,35 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def model_source_fingerprint(model: str) -> str | None:
-    """Hash of a local model's small config files plus weight-file sizes, or None for hub ids.
+def _file_digest(path: Path) -> str:
+    """sha256 of a file's content, memoised by (path, size, mtime) so multi-GB weights are hashed once."""
+    stat = path.stat()
+    memo = cache_root() / "file-digests" / hashlib.sha256(
+        f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    if memo.is_file():
+        return memo.read_text()
+    digest = sha256_file(path)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(memo, lambda tmp: tmp.write_text(digest))
+    return digest
 
-    Changing a tokenizer or preprocessing config in a local model directory must change the cache
-    key; hashing the multi-GB weights on every lookup would make cache hits slow, so weights enter by
-    name and size only.
+
+def model_source_fingerprint(model: str) -> str | None:
+    """Content hash of a local model (directory or checkpoint file), or None for hub ids and tags.
+
+    A changed tokenizer config, preprocessing config or weight file in a local model must change the
+    cache key; weights are hashed once and memoised, so cache hits stay fast.
     """
     candidates = [Path(model).expanduser()]
     if "/" in model:  # openclip "<arch>/<checkpoint path>"
         candidates.append(Path(model.split("/", 1)[1]).expanduser())
     for path in candidates:
-        if path.is_file():
-            return hashlib.sha256(f"{path.name}:{path.stat().st_size}".encode()).hexdigest()
-        if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        if path.exists():
             digest = hashlib.sha256()
-            for file in sorted(p for p in path.rglob("*") if p.is_file()):
-                rel = file.relative_to(path).as_posix()
-                if file.suffix in {".json", ".txt", ".model", ".yaml"}:
-                    digest.update(rel.encode() + file.read_bytes())
-                else:
-                    digest.update(f"{rel}:{file.stat().st_size}".encode())
+            for file in files:
+                digest.update(f"{file.relative_to(path).as_posix() if path.is_dir() else file.name}:".encode())
+                digest.update(_file_digest(file).encode())
             return digest.hexdigest()
     return None
 
@@ -81,7 +90,6 @@ class CacheKey:
     fingerprint: str
     dtype: str
     precision: str
-    preprocessing: dict = field(default_factory=dict)
     model_source: str | None = None
     format_version: int = FORMAT_VERSION
 
@@ -93,7 +101,6 @@ class CacheKey:
             "fingerprint": self.fingerprint,
             "dtype": self.dtype,
             "precision": self.precision,
-            "preprocessing": self.preprocessing,
             "model_source": self.model_source,
             "format_version": self.format_version,
         }
@@ -102,6 +109,14 @@ class CacheKey:
     def digest(self) -> str:
         canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def make_key(encoder: str, view: str, model: str, rows: SpatialRows, dtype: str, precision: str) -> CacheKey:
+    """The key of extracting ``rows`` with ``encoder`` (canonical spec string), computed without any weights."""
+    if dtype not in STORAGE_DTYPES:
+        raise CacheError(f"--dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
+    return CacheKey(encoder=encoder, view=view, dataset=rows.name, fingerprint=rows.fingerprint, dtype=dtype,
+                    precision=precision, model_source=model_source_fingerprint(model))
 
 
 def _slug(text: str) -> str:

@@ -1,0 +1,35 @@
+"""Where a dataset's rows and images come from: ``scenes`` (generated once into the cache), a hub id or a dir.
+
+Kept free of Lightning and torch so a cache lookup can resolve rows without importing the training stack.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from spatial_probing.data.rows import SpatialRows
+from spatial_probing.data.scenes import write_scenes
+from spatial_probing.data.vsr import load_vsr
+
+
+def cache_root() -> Path:
+    """Where generated scenes, downloaded images and run records live (``SPATIAL_PROBING_CACHE`` overrides)."""
+    return Path(os.environ.get("SPATIAL_PROBING_CACHE", "~/.cache/spatial_probing")).expanduser()
+
+
+def dataset_location(dataset: str, image_root: str | None, scenes_per_relation: int, scenes_seed: int
+                     ) -> tuple[str, str | None]:
+    """The rows' source (hub id or directory) and image root; synthetic scenes are written on first use."""
+    if dataset != "scenes":
+        return dataset, image_root
+    out = write_scenes(cache_root() / "scenes" / f"n{scenes_per_relation}-seed{scenes_seed}",
+                       n_per_relation=scenes_per_relation, seed=scenes_seed)
+    return str(out), str(Path(out) / "images")
+
+
+def load_rows(dataset: str, split: str, relations: list[str] | None, scenes_per_relation: int,
+              scenes_seed: int) -> SpatialRows:
+    """The validated rows of one split of ``dataset``."""
+    source, _ = dataset_location(dataset, None, scenes_per_relation, scenes_seed)
+    return load_vsr(source, split, relations=relations)

@@ -142,3 +142,23 @@ def test_two_process_ddp_equals_one_process(tmp_path, minilm_dir, precision, ato
         (ref_dir,) = _entries(tmp_path / "ref")
         cos = (load_entry(ref_dir).features * np.asarray(one.features)).sum(1)
         assert cos.min() > 0.99
+
+
+def test_repeated_invocation_hits_without_importing_lightning(tmp_path, minilm_dir):
+    import shutil
+
+    from spatial_probing.features.runs import recorded_hit
+
+    model = shutil.copytree(minilm_dir, tmp_path / "minilm")
+    args = [*CPU, *SCENES, "--feature_root", str(tmp_path / "features"), "--model.encoder", f"sbert:{model}"]
+    assert main(["extract", *args]) == 0
+    probe = ("import sys; from spatial_probing.cli import main; "
+             f"code = main({['extract', *args]!r}); print('lightning loaded:', 'lightning' in sys.modules); "
+             "sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cache hit" in done.stdout and "lightning loaded: False" in done.stdout
+    # an edited model config changes the key: the record no longer answers and the full path runs
+    config = model / "sentence_bert_config.json"
+    config.write_text(config.read_text().replace("256", "128"))
+    assert recorded_hit(args) is None

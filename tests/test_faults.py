@@ -3,7 +3,7 @@
 The probe and report side (NaN/inf refusal, row-count mismatch, W&B failures, byte-identical results
 CSVs) is tested in test_probe_module.py and test_report.py.
 
-52 fault cases (``FAULT_CASES``; ``test_fault_cases_are_documented`` keeps this list and the count in step).
+56 fault cases (``FAULT_CASES``; ``test_fault_cases_are_documented`` keeps this list and the count in step).
 
 Resume: a run stopped at any point and rerun with the same command recomputes only what is missing
 and yields a features.npy byte-identical to an uninterrupted run's (``slow``: real subprocesses).
@@ -14,10 +14,13 @@ Kills around the merge: the rerun finalises without recomputing, or is a cache h
     killed-before-merge, stale-merge-tmp-dir, killed-after-rename, killed-during-delete
 Cache validity: each change gives another key (and entry directory).
     dataset-caption-edited, dataset-label-flipped, encoder-model, random-init, view, dtype, precision,
-    tokenizer-config-edited, sbert-max-seq-length-edited, preprocessing-change-new-entry
+    tokenizer-config-edited, sbert-max-seq-length-edited, weights-overwritten-in-place,
+    preprocessing-change-new-entry
 Damaged or incompatible entries are refused with a clear message (never reused), and rebuilt on request.
     format-version-old, features-bytes-flipped, features-truncated, valid-mask-edited, meta-json-corrupt,
     overwrite-rebuilds-damaged-entry
+The quick cache-hit path (a repeated command answered from its run record) hides no damage.
+    run-record-corrupt, run-record-entry-damaged, run-record-entry-deleted
 Bad input through the CLI: exit status 2 and ``error: ...`` naming the file/line/option, or a parse
 error naming the key; and none of them touches the shards of an unfinished run.
     malformed-jsonl-line, missing-field, wrong-type, label-2, empty-caption, unknown-relation,
@@ -30,8 +33,6 @@ reason, its rows are invalid and NaN, every other row finite.
 Determinism and storage.
     identical-runs-byte-identical, float16-readonly-memmap
 
-Known gap (``xfail``, not counted): model weights enter the key by file name and size only, so a
-checkpoint overwritten in place by one of the same size reuses the stale entry.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from spatial_probing.cli import main
 from spatial_probing.data.datamodule import SpatialDataModule
 from spatial_probing.encoders.module import FrozenEncoder
 from spatial_probing.errors import CacheError
+from spatial_probing.features import runs
 from spatial_probing.features.extract import cache_key
 from spatial_probing.features.store import FeatureStore, load_entry, sha256_file
 
@@ -101,14 +103,17 @@ def _write_rows(directory: Path, rows: list[dict]) -> Path:
     return _write_split(directory, [json.dumps(row) for row in rows])
 
 
-def _model_copy(minilm: Path, dest: Path, skip: tuple[str, ...] = ()) -> Path:
-    """A local copy of the MiniLM directory: config files copied (so they can be edited), weights linked."""
+def _model_copy(minilm: Path, dest: Path, skip: tuple[str, ...] = (), link_weights: bool = True) -> Path:
+    """A local copy of the MiniLM directory; config files are copied (to be edited), weights linked unless asked.
+
+    Never write to a linked weight file: that would change the installed package.
+    """
     for src in minilm.rglob("*"):
         rel = src.relative_to(minilm)
         if src.is_dir() or rel.as_posix() in skip:
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        if src.suffix == ".safetensors":
+        if src.suffix == ".safetensors" and link_weights:
             (dest / rel).symlink_to(src)
         else:
             shutil.copy(src, dest / rel)
@@ -151,9 +156,12 @@ def _features_sha(root: Path) -> str:
     return sha256_file(_only_entry(root) / "features.npy")
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPATIAL_PROBING_CACHE", str(tmp_path / "cache"))
+@pytest.fixture(scope="module", autouse=True)
+def _module_cache(tmp_path_factory):
+    """One SPATIAL_PROBING_CACHE for the module (scenes, memoised weight digests), set before any other fixture."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SPATIAL_PROBING_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -344,9 +352,9 @@ SCENES = ["--data.dataset", "scenes", "--data.scenes_per_relation", "10", "--dat
 
 
 @pytest.fixture(scope="module")
-def scenes_env(tmp_path_factory) -> dict[str, str]:
-    """Environment of the subprocess runs: one scene cache for the module, hub offline."""
-    return {**os.environ, "SPATIAL_PROBING_CACHE": str(tmp_path_factory.mktemp("scenes-cache")), "HF_HUB_OFFLINE": "1"}
+def scenes_env() -> dict[str, str]:
+    """Environment of the subprocess runs: the module's cache (scenes are generated once), hub offline."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
 def _scenes_args(root: Path, model: Path, trainer: str = "cpu.yaml") -> list[str]:
@@ -504,12 +512,9 @@ def test_preprocessing_change_gives_a_new_entry_not_the_cached_one(tmp_path, tin
     assert not np.allclose(a.features, b.features, atol=1e-3)  # captions are now cut at 6 tokens
 
 
-@pytest.mark.xfail(strict=True, reason="weights enter the key by name and size only (model_source_fingerprint)")
 def test_weights_overwritten_in_place_give_another_key(tmp_path, minilm_dir):
-    model = _model_copy(minilm_dir, tmp_path / "model")
+    model = _model_copy(minilm_dir, tmp_path / "model", link_weights=False)
     weights = model / "model.safetensors"
-    weights.unlink()
-    shutil.copy(minilm_dir / "model.safetensors", weights)
     inputs = _KeyInputs(dataset=_write_rows(tmp_path / "tiny", _rows()), model=model)
     first = inputs.key_dir(tmp_path)
     with open(weights, "r+b") as handle:  # a fine-tuned checkpoint of the same architecture: same size
@@ -557,6 +562,30 @@ def test_overwrite_rebuilds_a_damaged_entry(tmp_path, tiny, minilm_dir, referenc
     root, entry = _copy_reference(reference, tmp_path)
     _flip_bytes(entry / "features.npy")
     assert main(["extract", *_args(root, tiny, minilm_dir, "--overwrite", "true")]) == 0
+    assert sha256_file(entry / "features.npy") == sha256_file(reference / "features.npy")
+
+
+RUN_RECORD_CASES = ("run-record-corrupt", "run-record-entry-damaged", "run-record-entry-deleted")
+
+
+def test_quick_cache_hit_path_never_hides_damage(tmp_path, tiny, minilm_dir, reference, capsys):
+    """A repeated command is answered from its run record; a bad record or entry still ends right."""
+    root, entry = _copy_reference(reference, tmp_path)
+    args = _args(root, tiny, minilm_dir)
+    assert main(["extract", *args]) == 0  # the full path's cache hit records the run
+    record = runs._record_path(runs.invocation_digest(args))
+    assert runs.recorded_hit(args).path == entry
+
+    record.write_text('{"key": {"encoder": ')  # run-record-corrupt: the full path answers
+    capsys.readouterr()
+    assert main(["extract", *args]) == 0 and "cache hit" in capsys.readouterr().out
+
+    _flip_bytes(entry / "features.npy")  # run-record-entry-damaged: refused, as without a record
+    assert main(["extract", *args]) == 2
+    assert "features.npy does not match the checksum" in capsys.readouterr().err
+
+    shutil.rmtree(entry)  # run-record-entry-deleted: recomputed
+    assert main(["extract", *args]) == 0 and "wrote" in capsys.readouterr().out
     assert sha256_file(entry / "features.npy") == sha256_file(reference / "features.npy")
 
 
@@ -728,8 +757,9 @@ def test_identical_float16_runs_are_byte_identical_and_read_only_memmaps(tmp_pat
 # --------------------------------------------------------------------------------------------
 # the count quoted in the docstring
 
-FAULT_CASES = (*RESUME_CASES, *SHARD_DAMAGE, *MERGE_CASES, *KEY_CASES, "preprocessing-change-new-entry",
-               *ENTRY_DAMAGE, "overwrite-rebuilds-damaged-entry", *BAD_INPUTS, "bad-input-keeps-partial-shards",
+FAULT_CASES = (*RESUME_CASES, *SHARD_DAMAGE, *MERGE_CASES, *KEY_CASES, "weights-overwritten-in-place",
+               "preprocessing-change-new-entry",
+               *ENTRY_DAMAGE, "overwrite-rebuilds-damaged-entry", *RUN_RECORD_CASES, *BAD_INPUTS, "bad-input-keeps-partial-shards",
                *IMAGE_FAULTS, *DETERMINISM_CASES)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spatial_probing.report.tables import HEADLINE_METRIC, comparison_table, probe_labels, summary
+from spatial_probing.report.tables import HEADLINE_METRIC, comparison_table, short_encoder, summary
 
 TOLERANCE_NOTE = (
     "Solver tolerance matters for these numbers. scikit-learn's lbfgs with its default tol=1e-4 stops "
@@ -103,11 +103,9 @@ def render_report(df: pd.DataFrame, fits: pd.DataFrame, config: Mapping[str, Any
     ``fits`` has one row per probe set (``LinearProbe.fit_info``: encoder, view, n_rows, n_excluded,
     solver, tol, max_iter, n_converged, n_problems ...); ``config`` is listed as given.
     """
-    labelled = df.assign(probe=probe_labels(df))
-    probes = labelled.drop_duplicates(["encoder", "view", "layer"]).set_index(["encoder", "view", "layer"])["probe"]
-    fits = fits.assign(probe=[probes.get((r.encoder, r.view, r.layer), r.encoder) for r in fits.itertuples()])
-    solver_rows = fits.set_index("probe")[["solver", "tol", "max_iter", "class_weight", "n_converged", "n_problems"]]
-    excluded = fits.set_index("probe")[["n_rows", "n_excluded", "path"]]
+    fits = fits.set_index(fits["encoder"].map(short_encoder).rename("encoder"))
+    solver_rows = fits[["solver", "tol", "max_iter", "class_weight", "n_converged", "n_problems"]]
+    excluded = fits[["n_rows", "n_excluded", "path"]]
     sections = [
         _section(
             f"Relation x encoder: fold-mean {HEADLINE_METRIC}",

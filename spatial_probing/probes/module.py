@@ -1,0 +1,385 @@
+"""Cross-validated linear probes on cached features, as a LightningDataModule and a LightningModule.
+
+``ProbeDataModule`` turns feature-cache entries into probe sets: the valid rows' features, a task's
+targets and row masks, and per-target fold masks. It serves one full batch per entry, so a run over
+several encoders is one epoch whose steps are the entries.
+
+``LinearProbe`` fits every (fold, C, target) probe of an entry in one ``training_step`` (manual
+optimisation: the step *is* the solver), keeps the weights as buffers ``W_<i>`` [F, len(Cs), T, d]
+and ``b_<i>``, and in ``validation_step`` scores the held-out rows, logs ``fold{k}/val/<metric>/<target>``
+and ``summary/<metric>_{mean,std}``, and appends rows to the tidy results table.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from spatial_probing.errors import FeatureError
+from spatial_probing.features.store import FeatureEntry, load_entry
+from spatial_probing.probes import metrics, sklearn_ref, solver
+from spatial_probing.probes.folds import fold_masks, target_folds
+from spatial_probing.probes.tasks import TASKS, ProbeTask, build_task
+from spatial_probing.report.tables import RESULT_COLUMNS, results_frame, summary
+
+Solver = Literal["batched", "sklearn"]
+_SOLVERS = {"batched": solver.fit_logreg, "sklearn": sklearn_ref.fit_sklearn}
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: How many offending rows an error message lists.
+_SHOW_ROWS = 5
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def find_entries(features: list[str], feature_root: str | None = None, dataset: str | None = None) -> list[Path]:
+    """Complete cache entries named by ``features``, in order.
+
+    Each item is an entry directory or a directory searched recursively for entries (directories
+    holding meta.json); relative items are resolved against ``feature_root`` when given. No items
+    means every entry under ``feature_root``. ``dataset`` keeps only entries of that dataset name.
+    """
+    root = Path(feature_root).expanduser() if feature_root else None
+    if not features and root is None:
+        raise FeatureError("no features to probe: set data.features (entry directories) or data.feature_root")
+    items = [Path(f).expanduser() for f in features] or [Path()]  # Path(): the root itself
+    found: list[Path] = []
+    for item in items:
+        path = root / item if root is not None and not item.is_absolute() else item
+        if (path / "meta.json").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(m.parent for m in path.rglob("meta.json") if not _unfinished(m.relative_to(path))))
+        else:
+            raise FeatureError(f"feature entry {path} does not exist; run `spatial-probing extract` first")
+    if dataset is not None:
+        found = [p for p in found if _entry_dataset(p) == dataset]
+    if not found:
+        raise FeatureError(f"no complete feature-cache entries found in {[str(i) for i in items]}"
+                           + (f" for dataset {dataset!r}" if dataset else ""))
+    return found
+
+
+def _unfinished(meta_path: Path) -> bool:
+    # shards of unfinished extractions live in <key>.partial/ and temp merges in <key>.tmp-<pid>/
+    return any(part.endswith(".partial") or ".tmp-" in part for part in meta_path.parts)
+
+
+def _entry_dataset(path: Path) -> str | None:
+    return json.loads((path / "meta.json").read_text()).get("dataset")
+
+
+def check_features(entry: FeatureEntry, block: int = 8192) -> None:
+    """Refuse features that cannot be probed: wrong shape, or NaN/inf in rows marked valid.
+
+    The scan runs in row blocks so a memory-mapped matrix is never loaded whole.
+    """
+    features_file = entry.path / "features.npy"
+    n = len(entry.rows)
+    if entry.features.ndim != 2 or entry.features.shape[0] != n or entry.valid.shape != (n,):
+        raise FeatureError(
+            f"{features_file} has shape {tuple(entry.features.shape)} (valid.npy {tuple(entry.valid.shape)}) but "
+            f"{entry.path / 'rows.jsonl'} has {n} rows; the entry does not belong to these rows, extract it again"
+        )
+    bad = [
+        start + np.flatnonzero(~np.isfinite(entry.features[start : start + block]).all(axis=1))
+        for start in range(0, n, block)
+    ]
+    bad_rows = np.concatenate(bad)
+    bad_rows = bad_rows[entry.valid[bad_rows]]
+    if len(bad_rows):
+        shown = ", ".join(f"{r} ({entry.rows.captions[r]!r})" for r in bad_rows[:_SHOW_ROWS])
+        raise FeatureError(
+            f"{features_file} has NaN/inf in {len(bad_rows)} rows marked valid, refusing to probe; "
+            f"first rows: {shown}. Delete the entry and extract again"
+        )
+
+
+@dataclass
+class ProbeSet:
+    """One cache entry prepared for probing; features stay in the (memory-mapped) entry until served."""
+
+    entry: FeatureEntry
+    rows: np.ndarray  # indices of the entry's valid rows, the only rows probed
+    task: ProbeTask  # restricted to ``rows``
+    train_mask: np.ndarray  # [F, len(rows), T]
+    test_mask: np.ndarray  # [F, len(rows), T]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Identity and provenance of the set: travels in the batch and into the results tables."""
+        meta = self.entry.meta
+        return {
+            "encoder": str(meta.get("encoder", self.entry.path.name)),
+            "view": str(meta.get("view", "")),
+            "layer": str(meta.get("layer", "final")),
+            "dataset": str(meta.get("dataset", self.entry.rows.name)),
+            "path": str(self.entry.path),
+            "task": self.task.name,
+            "targets": list(self.task.target_names),
+            "n_rows": len(self.entry.rows),
+            "n_excluded": len(self.entry.rows) - len(self.rows),
+            "dim": int(self.entry.features.shape[1]),
+        }
+
+
+class _ProbeSets(torch.utils.data.Dataset):
+    def __init__(self, datamodule: ProbeDataModule) -> None:
+        self.datamodule = datamodule
+
+    def __len__(self) -> int:
+        return len(self.datamodule.probe_sets)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.datamodule.batch(index)
+
+
+class ProbeDataModule(pl.LightningDataModule):
+    """Feature-cache entries -> probe sets (task targets, row masks, folds), one full batch per entry.
+
+    Args:
+        features: cache entry directories, or directories searched for entries (relative to
+            ``feature_root`` when set); empty: every entry under ``feature_root``.
+        feature_root: the cache root (``spatial-probing extract --feature_root``).
+        dataset: keep only entries of this dataset (e.g. ``vsr_random/train``).
+        task: probe task name (``relation_type``, ``caption_truth``).
+        min_count: relations with fewer rows are not probed (relation_type).
+        relations: probe only these relations (None: all with ``min_count`` rows).
+        n_splits: cross-validation folds (also the inner folds of C selection).
+        seed: fold shuffling seed (scikit-learn's ``random_state``).
+        folds: ``stratified`` per target (the original protocol) or ``grouped`` by image, so no
+            image is in both the training and test rows (needed for image features).
+        normalize: L2-normalise every feature row (the original protocol).
+    """
+
+    def __init__(
+        self,
+        features: list[str] | None = None,
+        feature_root: str | None = None,
+        dataset: str | None = None,
+        task: str = "relation_type",
+        min_count: int = 50,
+        relations: list[str] | None = None,
+        n_splits: int = 5,
+        seed: int = 42,
+        folds: Literal["stratified", "grouped"] = "stratified",
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:  # fail at config time, not after the entries are read
+            raise FeatureError(f"unknown probe task {task!r} (data.task); choose one of {sorted(TASKS)}")
+        self.save_hyperparameters()
+        self.probe_sets: list[ProbeSet] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load and check every entry up front, so a bad one fails before anything is fitted."""
+        if self.probe_sets:
+            return
+        hp = self.hparams
+        paths = find_entries(list(hp.features or []), hp.feature_root, hp.dataset)
+        self.probe_sets = [self._prepare(load_entry(path)) for path in paths]
+
+    def _prepare(self, entry: FeatureEntry) -> ProbeSet:
+        hp = self.hparams
+        check_features(entry)
+        task = build_task(hp.task, entry.rows, hp.min_count, hp.relations)
+        # Folds are drawn over all rows, then failed rows dropped: every encoder of one dataset gets
+        # the same folds, so their scores stay paired even when some images failed.
+        groups = task.groups if hp.folds == "grouped" else None
+        ids = target_folds(task.targets, task.row_mask, hp.n_splits, hp.seed, groups)
+        rows = np.flatnonzero(entry.valid)
+        train, test = fold_masks(ids[rows])
+        return ProbeSet(entry=entry, rows=rows, task=task.subset(rows), train_mask=train, test_mask=test)
+
+    def batch(self, index: int) -> dict[str, Any]:
+        """The full batch of probe set ``index``: features of its valid rows, targets, fold masks, info."""
+        probe_set = self.probe_sets[index]
+        # fancy indexing reads only the valid rows from the memory map, into a new float32 array
+        x = np.asarray(probe_set.entry.features[probe_set.rows], dtype=np.float32)
+        if self.hparams.normalize:  # in place: no second copy of the matrix
+            x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+        return {
+            "index": index,
+            "x": torch.from_numpy(x),
+            "y": torch.from_numpy(probe_set.task.targets),
+            "train_mask": torch.from_numpy(probe_set.train_mask),
+            "test_mask": torch.from_numpy(probe_set.test_mask),
+            "info": probe_set.info,
+            "n_sets": len(self.probe_sets),
+            "protocol": {"n_splits": self.hparams.n_splits, "seed": self.hparams.seed},
+        }
+
+    def _loader(self) -> DataLoader:
+        # batch_size=None: each item already is a full batch (one entry)
+        return DataLoader(_ProbeSets(self), batch_size=None, shuffle=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+def _resolved(fit_fn: Any, name: str, value: Any) -> Any:
+    """The value a solver runs with: the configured one, else the solver's own default."""
+    return value if value is not None else inspect.signature(fit_fn).parameters[name].default
+
+
+class LinearProbe(pl.LightningModule):
+    """Every (fold, C, target) L2 logistic-regression probe of each entry, fitted full-batch.
+
+    Args:
+        Cs: inverse regularisation strengths (scikit-learn's C); all are fitted at once.
+        class_weight: None or ``balanced`` (scikit-learn's weighting, per training fold).
+        solver: ``batched`` (all problems in one tensor, converged) or ``sklearn`` (the reference
+            loop; with its default tolerance it reproduces the original study's numbers).
+        tol: solver tolerance (max abs scaled gradient); None: the solver's default.
+        max_iter: solver iteration limit; None: the solver's default.
+        select_C: choose C per (fold, target) by inner stratified cross-validation on the training
+            rows (``data.n_splits`` inner folds, mean macro-F1) and report only the chosen C;
+            needs the batched solver (all inner fits are one batched solve).
+        dtype: floating-point type of the batched solver.
+    """
+
+    def __init__(
+        self,
+        Cs: list[float] | None = None,
+        class_weight: Literal["balanced"] | None = None,
+        solver: Solver = "batched",
+        tol: float | None = None,
+        max_iter: int | None = None,
+        select_C: bool = False,
+        dtype: Literal["float64", "float32"] = "float64",
+    ) -> None:
+        super().__init__()
+        if select_C and solver != "batched":
+            raise ValueError("model.select_C needs model.solver=batched (the nested CV is one batched solve)")
+        self.save_hyperparameters()
+        self.Cs = tuple(float(c) for c in (Cs or [1.0]))
+        self.automatic_optimization = False  # training_step runs the solver itself
+        self._fits: dict[int, solver.LogRegFit] = {}
+        self._chosen: dict[int, torch.Tensor] = {}  # per set: index into Cs per (fold, target)
+        self.records: list[pd.DataFrame] = []  # tidy results, one frame per probe set
+        self.fit_info: list[dict] = []  # one row per probe set: provenance, solver, convergence
+
+    @property
+    def fit_fn(self) -> Any:
+        return _SOLVERS[self.hparams.solver]
+
+    def configure_optimizers(self) -> None:
+        return None  # the solvers optimise; Lightning has nothing to step
+
+    def _solver_kwargs(self, device: torch.device) -> dict[str, Any]:
+        hp = self.hparams
+        kwargs = {"class_weight": hp.class_weight}
+        kwargs |= {k: v for k, v in (("tol", hp.tol), ("max_iter", hp.max_iter)) if v is not None}
+        if hp.solver == "batched":
+            kwargs |= {"device": device, "dtype": _DTYPES[hp.dtype]}
+        return kwargs
+
+    def _solve(self, batch: dict[str, Any]) -> solver.LogRegFit:
+        """Fit every (fold, C, target) problem; with ``select_C`` also pick C per (fold, target)."""
+        x, y, train_mask = batch["x"], batch["y"], batch["train_mask"]
+        kwargs = self._solver_kwargs(x.device)
+        if self.hparams.select_C:
+            protocol = batch["protocol"]
+            selection = metrics.select_C(
+                x, y.cpu(), train_mask.cpu(), batch["test_mask"].cpu(), self.Cs,
+                inner_splits=protocol["n_splits"], seed=protocol["seed"], **kwargs,
+            )  # fmt: skip
+            self._chosen[batch["index"]] = selection.best_index
+            return selection.refit
+        if self.hparams.solver == "sklearn":  # the scikit-learn loop runs on the CPU whatever the accelerator
+            x, y, train_mask = x.cpu(), y.cpu(), train_mask.cpu()
+        return self.fit_fn(x, y, train_mask, self.Cs, **kwargs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        index = batch["index"]
+        fit = self._solve(batch)
+        # registered so the weights are part of state_dict (checkpoints keep every probe)
+        self.register_buffer(f"W_{index}", fit.W.to(self.device))
+        self.register_buffer(f"b_{index}", fit.b.to(self.device))
+        self._fits[index] = fit
+        hp = self.hparams
+        self.fit_info.append({
+            **{k: v for k, v in batch["info"].items() if k != "targets"},
+            "solver": fit.solver,
+            "tol": _resolved(self.fit_fn, "tol", hp.tol),
+            "max_iter": _resolved(self.fit_fn, "max_iter", hp.max_iter),
+            "class_weight": hp.class_weight or "none",
+            "n_problems": int(fit.converged.numel()),
+            "n_converged": int(fit.converged.sum()),
+            "max_grad": fit.max_grad,
+        })
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        index = batch["index"]
+        if index not in self._fits:  # sanity-check pass before training: nothing to evaluate
+            return
+        fit = self._fits[index]
+        scores = metrics.fit_metrics(batch["x"], batch["y"], batch["test_mask"], fit)  # each [F, C, T]
+        scores = {name: value.cpu() for name, value in scores.items()}
+        C = torch.tensor(self.Cs, dtype=torch.float64).reshape(1, -1, 1).expand_as(scores["f1_macro"])
+        if index in self._chosen:
+            pick = self._chosen[index].cpu()[:, None, :]  # [F, 1, T]
+            scores = {k: v.gather(1, pick) for k, v in scores.items()}
+            C = C.gather(1, pick)
+        frame = self._records(batch, scores, C, fit.solver)
+        self.records.append(frame)
+        prefix = batch["info"]["encoder"].replace("/", "_") + "/" if batch["n_sets"] > 1 else ""
+        self.log_dict(self._metric_dict(frame, prefix), on_step=False, on_epoch=True, batch_size=1)
+
+    def _records(
+        self, batch: dict[str, Any], scores: dict[str, torch.Tensor], C: torch.Tensor, solver_name: str
+    ) -> pd.DataFrame:
+        info = batch["info"]
+        n_folds, n_c, n_targets = C.shape
+        n_train = batch["train_mask"].sum(dim=1).cpu().numpy()  # [F, T]
+        n_test = batch["test_mask"].sum(dim=1).cpu().numpy()
+        fold, _, target = (a.ravel() for a in np.indices((n_folds, n_c, n_targets)))
+        base = pd.DataFrame({
+            "fold": fold, "C": C.cpu().numpy().ravel(), "target": np.asarray(info["targets"], dtype=object)[target],
+            "n_train": n_train[fold, target], "n_test": n_test[fold, target],
+        })  # fmt: skip
+        frames = [base.assign(metric=name, value=v.double().cpu().numpy().ravel()) for name, v in scores.items()]
+        identity = {k: info[k] for k in ("encoder", "view", "layer", "task")}
+        frame = pd.concat(frames, ignore_index=True).assign(**identity, solver=solver_name)
+        return frame[list(RESULT_COLUMNS)]
+
+    def _metric_dict(self, frame: pd.DataFrame, prefix: str) -> dict[str, float]:
+        """``<prefix>[C=<c>/]fold{k}/val/<metric>/<target>``, fold means, ``summary/<metric>_{mean,std}``.
+
+        ``prefix`` names the entry when one run probes several ("/" in encoder names replaced, since
+        W&B opens a panel section per "/"); the C level appears only for an unselected C grid, so a
+        single-encoder, single-C run has the plain names.
+        """
+        grid = len(self.Cs) > 1 and not self.hparams.select_C
+        out: dict[str, float] = {}
+        for c, at_c in frame.groupby("C") if grid else [(None, frame)]:
+            p = prefix + (f"C={c:g}/" if grid else "")
+            for row in at_c.itertuples():
+                out[f"{p}fold{row.fold}/val/{row.metric}/{row.target}"] = row.value
+            for (metric, fold), value in at_c.groupby(["metric", "fold"])["value"].mean().items():
+                out[f"{p}fold{fold}/val/{metric}_mean"] = value
+            for row in summary(at_c).itertuples():
+                out[f"{p}summary/{row.metric}_mean"] = row.mean
+                out[f"{p}summary/{row.metric}_std"] = row.std
+        return out
+
+    def results(self) -> pd.DataFrame:
+        """Every number of the fit as one tidy table (``report.tables.RESULT_COLUMNS``)."""
+        return results_frame(self.records)

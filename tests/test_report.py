@@ -1,0 +1,181 @@
+"""Results tables, determinism, the HTML report and logging (W&B offline, W&B faults, CSV logger)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from probe_entries import toy_entry, toy_features, toy_rows, write_entry
+
+from spatial_probing.probes.fit_cli import run_fit
+from spatial_probing.report.html import render_report
+from spatial_probing.report.tables import (
+    comparison_table,
+    format_table,
+    results_frame,
+    summary,
+    write_results,
+)
+
+
+def _frame() -> pd.DataFrame:
+    """Two encoders, two relations, two folds, macro-F1 only: values chosen to check every mean by hand."""
+    values = {  # (encoder, target) -> per-fold values
+        ("sbert:/home/u/models/all-mpnet-base-v2@text", "left of"): [0.8, 0.6],
+        ("sbert:/home/u/models/all-mpnet-base-v2@text", "above"): [0.5, 0.7],
+        ("openclip:ViT-B-32/openai@image", "left of"): [0.4, 0.2],
+        ("openclip:ViT-B-32/openai@image", "above"): [0.3, 0.5],
+    }
+    rows = [
+        {"encoder": enc, "view": enc.rsplit("@", 1)[1], "layer": "final", "task": "relation_type", "target": target,
+         "fold": fold, "C": 1.0, "metric": "f1_macro", "value": v, "solver": "sklearn", "n_train": 8, "n_test": 2}
+        for (enc, target), folds in values.items() for fold, v in enumerate(folds)
+    ]  # fmt: skip
+    return results_frame([pd.DataFrame(rows)])
+
+
+def test_comparison_table_layout_and_means():
+    table = comparison_table(_frame())
+    assert list(table.columns) == ["sbert:all-mpnet-base-v2@text", "openclip:ViT-B-32/openai@image"]
+    assert list(table.index) == ["left of", "above", "MEAN"]
+    np.testing.assert_allclose(table.to_numpy(), [[0.7, 0.3], [0.6, 0.4], [0.65, 0.35]])
+    text = format_table(table)
+    assert "MEAN" in text and "0.6500" in text and "0.3500" in text
+
+
+def test_summary_std_is_over_fold_means():
+    s = summary(_frame()).set_index("probe")
+    # sbert fold means: (0.8+0.5)/2 = 0.65 and (0.6+0.7)/2 = 0.65 -> std 0; openclip 0.35, 0.35
+    assert s.loc["sbert:all-mpnet-base-v2@text", "mean"] == pytest.approx(0.65)
+    assert s.loc["sbert:all-mpnet-base-v2@text", "std"] == pytest.approx(0.0)
+    assert s.loc["openclip:ViT-B-32/openai@image", "n_targets"] == 2
+
+
+def test_unselected_C_grid_becomes_separate_columns():
+    df = _frame()
+    grid = pd.concat([df, df.assign(C=100.0, value=df["value"] + 0.1)], ignore_index=True)
+    columns = list(comparison_table(grid).columns)
+    assert "sbert:all-mpnet-base-v2@text C=1" in columns and "openclip:ViT-B-32/openai@image C=100" in columns
+
+
+def test_write_results_is_sorted_and_fixed_format(tmp_path):
+    df = _frame()
+    written = write_results(df, tmp_path / "a")
+    lines = written["results"].read_text().splitlines()
+    assert lines[0] == "encoder,view,layer,task,target,fold,C,metric,value,solver,n_train,n_test"
+    assert lines[1] == "openclip:ViT-B-32/openai@image,image,final,relation_type,above,0,1,f1_macro,0.300000,sklearn,8,2"
+    assert len(lines) == 9
+    # the row order of the input does not matter for results.csv
+    assert write_results(df.iloc[::-1], tmp_path / "b")["results"].read_bytes() == written["results"].read_bytes()
+    assert pd.read_parquet(written["parquet"])["value"].sum() == pytest.approx(df["value"].sum())
+    # the comparison keeps the fit's order: encoders as configured, targets as the task orders them
+    assert written["comparison"].read_text().splitlines() == [
+        "target,sbert:all-mpnet-base-v2@text,openclip:ViT-B-32/openai@image",
+        "left of,0.700000,0.300000", "above,0.600000,0.400000", "MEAN,0.650000,0.350000",
+    ]
+
+
+def test_html_report_has_heatmap_tolerance_note_and_exclusions():
+    fits = pd.DataFrame([
+        {"encoder": "sbert:/home/u/models/all-mpnet-base-v2@text", "view": "text", "layer": "final", "n_rows": 10,
+         "n_excluded": 0, "path": "a", "solver": "sklearn", "tol": 1e-4, "max_iter": 100, "class_weight": "none",
+         "n_converged": 4, "n_problems": 4},
+        {"encoder": "openclip:ViT-B-32/openai@image", "view": "image", "layer": "final", "n_rows": 10,
+         "n_excluded": 3, "path": "b", "solver": "sklearn", "tol": 1e-4, "max_iter": 100, "class_weight": "none",
+         "n_converged": 4, "n_problems": 4},
+    ])  # fmt: skip
+    page = render_report(_frame(), fits, {"model.solver": "sklearn"})
+    assert "hsl(210, 70%, 40%)" in page and "hsl(210, 70%, 95%)" in page  # max 0.7 darkest, min 0.3 lightest
+    assert "0.7097" in page and "0.7141" in page and "partly reflect solver tolerance" in page
+    assert "<td>3</td>" in page and "Projective" in page and "0.6500 \u00b1 0.0000" in page
+
+
+# -- end to end through the fit CLI ------------------------------------------------------------
+
+
+def _fit_args(tmp_path, out_name: str = "out", *extra: str) -> list[str]:
+    entries = tmp_path / "features"
+    if not entries.exists():
+        toy_entry(entries, "a", encoder="toy:a@text")
+        rows = toy_rows()
+        valid = np.ones(len(rows), dtype=bool)
+        valid[[4, 5]] = False
+        features = toy_features(rows, signal=0.5, seed=1)
+        features[~valid] = np.nan
+        write_entry(entries / "b", rows, features, valid=valid, encoder="toy:b@image", view="image")
+    return ["--data.feature_root", str(entries), "--data.min_count", "20", "--out_dir", str(tmp_path / out_name),
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
+
+
+@pytest.fixture
+def wandb_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    return tmp_path / "wandb"
+
+
+def test_two_identical_fits_write_byte_identical_csvs(tmp_path, wandb_dir):
+    assert run_fit(_fit_args(tmp_path, "run1")) == 0
+    assert run_fit(_fit_args(tmp_path, "run2")) == 0
+    for name in ("results.csv", "comparison.csv", "summary.csv"):
+        assert (tmp_path / "run1" / name).read_bytes() == (tmp_path / "run2" / name).read_bytes()
+    fits = pd.read_csv(tmp_path / "run1" / "fits.csv").set_index("encoder")
+    assert fits.loc["toy:b@image", "n_excluded"] == 2 and fits.loc["toy:a@text", "n_excluded"] == 0
+
+
+def test_wandb_offline_run_holds_the_relation_table(tmp_path, wandb_dir, capsys):
+    assert run_fit(_fit_args(tmp_path)) == 0
+    tables = list(wandb_dir.glob("offline-run-*/files/media/table/relations_*.table.json"))
+    assert len(tables) == 1
+    logged = json.loads(tables[0].read_text())
+    assert logged["columns"] == ["relation", "meta_category", "toy:a@text", "toy:b@image"]
+    comparison = pd.read_csv(tmp_path / "out" / "comparison.csv", index_col=0)
+    by_relation = {row[0]: row for row in logged["data"]}
+    assert by_relation["left of"][1] == "Projective" and by_relation["near"][1] == "Proximity"
+    assert by_relation["near"][3] == pytest.approx(comparison.loc["near", "toy:b@image"], abs=1e-6)
+    assert "MEAN" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fault", ["init", "log"])
+def test_wandb_failure_still_writes_results_and_says_where(tmp_path, wandb_dir, monkeypatch, capsys, fault):
+    import wandb
+    from wandb.sdk.wandb_run import Run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"simulated W&B {fault} failure")
+
+    monkeypatch.setattr(*((wandb, "init", broken) if fault == "init" else (Run, "log", broken)))
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match=f"Results are still written to {out}"):
+        assert run_fit(_fit_args(tmp_path)) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["encoder"]) == {"toy:a@text", "toy:b@image"} and len(results) == 2 * 3 * 5 * 4
+    assert f"every result is in {out}" in capsys.readouterr().out
+    assert (out / "report.html").is_file()
+
+
+def test_csv_logger_is_selectable(tmp_path, wandb_dir):
+    logs = tmp_path / "logs"
+    args = _fit_args(tmp_path, "out", "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+                     "--trainer.logger.save_dir", str(logs))  # fmt: skip
+    assert run_fit(args) == 0
+    metrics = pd.read_csv(next(logs.rglob("metrics.csv")))
+    assert "toy:a@text/summary/f1_macro_mean" in metrics.columns
+    assert "toy:b@image/fold0/val/f1_macro/left of" in metrics.columns
+    assert not wandb_dir.exists()
+
+
+def test_print_config_shows_the_resolved_config(tmp_path, capsys):
+    assert run_fit(["--model.solver", "sklearn", "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "solver: sklearn" in out and "SafeWandbLogger" in out and "out_dir: outputs/probe" in out
+
+
+@pytest.mark.parametrize("name", ["original_protocol", "converged", "credible", "demo"])
+def test_shipped_probe_configs_parse(name, capsys):
+    path = Path(__file__).parents[1] / "configs" / "probe" / f"{name}.yaml"
+    assert run_fit(["--config", str(path), "--print_config"]) == 0
+    assert "feature_root: outputs/features" in capsys.readouterr().out

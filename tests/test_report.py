@@ -136,7 +136,8 @@ def test_wandb_offline_run_holds_the_relation_table(tmp_path, wandb_dir, capsys)
     by_relation = {row[0]: row for row in logged["data"]}
     assert by_relation["left of"][1] == "Projective" and by_relation["near"][1] == "Proximity"
     assert by_relation["near"][3] == pytest.approx(comparison.loc["near", "toy:b@image"], abs=1e-6)
-    assert "MEAN" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "MEAN" in out and f"W&B run: {tables[0].parents[3]}" in out
 
 
 @pytest.mark.parametrize("fault", ["init", "log"])

@@ -72,11 +72,10 @@ class ProbeCLI(LightningCLI):
         resolved = self.config[self.subcommand].clone().as_dict()
         resolved.pop("config", None)  # the paths of the --config files, not settings
         written["report"] = write_report(df, fits, self.out_dir, _flatten(resolved))
-        faults = log_results(self.trainer.loggers, df, resolved)
+        notes = log_results(self.trainer.loggers, df, resolved)
         print(format_table(comparison_table(df)))
         print("\nwrote " + ", ".join(str(p) for p in written.values()))
-        for fault in faults:
-            print(f"W&B logging failed ({fault}); every result is in {self.out_dir}")
+        print("\n".join(notes))
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

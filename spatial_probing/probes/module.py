@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +37,8 @@ _SOLVERS = {"batched": solver.fit_logreg, "sklearn": sklearn_ref.fit_sklearn}
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 #: How many offending rows an error message lists.
 _SHOW_ROWS = 5
+# A probe has no torch optimizer by design (the solvers optimise); Lightning's hint about it is noise.
+warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` returned `None`")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,6 +308,8 @@ class LinearProbe(pl.LightningModule):
             return selection.refit
         if self.hparams.solver == "sklearn":  # the scikit-learn loop runs on the CPU whatever the accelerator
             x, y, train_mask = x.cpu(), y.cpu(), train_mask.cpu()
+            # one problem at a time takes minutes on real data: show it when the trainer shows progress
+            kwargs["progress"] = self._trainer is not None and self.trainer.progress_bar_callback is not None
         return self.fit_fn(x, y, train_mask, self.Cs, **kwargs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:

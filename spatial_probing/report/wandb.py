@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -106,9 +107,10 @@ class SafeWandbLogger(WandbLogger):
         if self._experiment is not None:
             self._guarded("finish", self._experiment.finish)
 
-    def run_dir(self) -> str | None:
-        """The local W&B run directory (offline runs sync from there), or None without a run."""
-        return getattr(self._experiment, "dir", None) if self.fault is None else None
+    def run_dir(self) -> Path | None:
+        """The local W&B run directory (``wandb sync`` uploads an offline run from it), or None."""
+        files = getattr(self._experiment, "dir", None) if self.fault is None else None
+        return Path(files).parent if files else None  # Run.dir is the run's files/ folder
 
 
 def default_logger() -> dict | bool:
@@ -133,16 +135,20 @@ def relation_table(df: pd.DataFrame) -> pd.DataFrame:
 def log_results(loggers: Iterable[Logger], df: pd.DataFrame, config: Mapping[str, Any]) -> list[str]:
     """Log the per-relation table, the summary table and the resolved config to every W&B logger.
 
-    Then finish the runs. Returns the faults of loggers that failed (empty when all went well).
+    Then finish the runs. Returns one line per W&B logger for the user: where its run is, or what
+    failed and where the results are instead.
     """
-    faults = []
+    notes = []
     for logger in loggers:
         if not isinstance(logger, SafeWandbLogger):
             continue
         logger.log_table("relations", dataframe=relation_table(df))
         logger.log_table("summary", dataframe=summary(df))
         logger.log_hyperparams(dict(config))
+        run_dir = logger.run_dir()
         logger.finish()
         if logger.fault is not None:
-            faults.append(logger.fault)
-    return faults
+            notes.append(f"W&B logging failed ({logger.fault}); every result is in {logger.results_dir}")
+        elif run_dir is not None:
+            notes.append(f"W&B run: {run_dir} (offline runs upload with `wandb sync {run_dir}`)")
+    return notes

@@ -158,15 +158,19 @@ def test_wandb_failure_still_writes_results_and_says_where(tmp_path, wandb_dir, 
     assert (out / "report.html").is_file()
 
 
-def test_csv_logger_is_selectable(tmp_path, wandb_dir):
+@pytest.mark.parametrize("logger", ["CSVLogger", "TensorBoardLogger"])
+def test_csv_and_tensorboard_loggers_are_selectable(tmp_path, wandb_dir, logger):
     logs = tmp_path / "logs"
-    args = _fit_args(tmp_path, "out", "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+    args = _fit_args(tmp_path, "out", "--trainer.logger", f"lightning.pytorch.loggers.{logger}",
                      "--trainer.logger.save_dir", str(logs))  # fmt: skip
     assert run_fit(args) == 0
-    metrics = pd.read_csv(next(logs.rglob("metrics.csv")))
-    assert "toy:a@text/summary/f1_macro_mean" in metrics.columns
-    assert "toy:b@image/fold0/val/f1_macro/left of" in metrics.columns
-    assert not wandb_dir.exists()
+    assert (tmp_path / "out" / "results.csv").is_file() and not wandb_dir.exists()
+    if logger == "CSVLogger":
+        metrics = pd.read_csv(next(logs.rglob("metrics.csv")))
+        assert "toy:a@text/summary/f1_macro_mean" in metrics.columns
+        assert "toy:b@image/fold0/val/f1_macro/left of" in metrics.columns
+    else:
+        assert next(logs.rglob("events.out.tfevents.*")).stat().st_size > 0
 
 
 def test_print_config_shows_the_resolved_config(tmp_path, capsys):

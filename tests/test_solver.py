@@ -1,0 +1,142 @@
+"""The batched solver reaches scikit-learn's converged optimum on every (fold, C, target) problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from spatial_probing.probes.folds import fold_masks, target_folds
+from spatial_probing.probes.sklearn_ref import fit_sklearn
+from spatial_probing.probes.solver import (
+    decision_function,
+    fit_logreg,
+    predict,
+    predict_proba,
+    scaled_gradient_max,
+)
+
+CS = (0.01, 1.0, 100.0)
+
+
+def _data(seed=0, n=240, d=12, T=3):
+    """Features with structure (a shared mean, per-target signal), duplicated rows, imbalanced targets."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(np.float32) + 0.5
+    X[n // 2 : n // 2 + 30] = X[:30]  # repeated captions / images: merged rows must not change anything
+    w = rng.standard_normal((d, T))
+    score = X @ w + rng.standard_normal((n, T)) * 2
+    Y = (score > np.diag(np.quantile(score, [0.8, 0.6, 0.5], axis=0))).astype(np.int8)
+    train, test = fold_masks(target_folds(Y, n_splits=3, seed=0))
+    return X, Y, train, test
+
+
+def _sklearn(X, Y, mask, C, class_weight=None, sample_weight=None):
+    m = LogisticRegression(C=C, tol=1e-10, max_iter=20000, class_weight=class_weight)
+    m.fit(
+        X[mask].astype(np.float64),
+        Y[mask],
+        sample_weight=None if sample_weight is None else sample_weight[mask],
+    )
+    return m.coef_[0], m.intercept_[0]
+
+
+@pytest.mark.parametrize("class_weight", [None, "balanced"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_converged_sklearn(class_weight, dtype):
+    X, Y, train, _ = _data()
+    fit = fit_logreg(X, Y, train, CS, class_weight=class_weight, dtype=dtype)
+    assert fit.W.shape == (3, 3, 3, 12) and fit.b.shape == (3, 3, 3)
+    assert fit.converged.all() and fit.max_grad <= 1e-10
+    pred = predict(X, fit)
+    for f in range(3):
+        for c, C in enumerate(CS):
+            for t in range(3):
+                coef, icpt = _sklearn(X, Y[:, t], train[f, :, t], C, class_weight)
+                scale = max(1.0, np.abs(coef).max())
+                np.testing.assert_allclose(fit.W[f, c, t].numpy(), coef, atol=1e-6 * scale)
+                assert abs(fit.b[f, c, t].item() - icpt) <= 1e-6 * scale
+                sk_pred = X.astype(np.float64) @ coef + icpt > 0
+                np.testing.assert_array_equal(pred[f, c, :, t].numpy(), sk_pred)
+
+
+def test_sample_weights_per_row_and_per_target():
+    X, Y, train, _ = _data(1)
+    sw = np.random.default_rng(1).uniform(0.2, 3.0, X.shape[0])
+    fit = fit_logreg(X, Y, train, [1.0], sample_weight=sw, class_weight="balanced")
+    per_target = fit_logreg(
+        X, Y, train, [1.0], sample_weight=np.repeat(sw[:, None], 3, 1), class_weight="balanced"
+    )
+    torch.testing.assert_close(fit.W, per_target.W)
+    coef, icpt = _sklearn(X, Y[:, 2], train[1, :, 2], 1.0, "balanced", sw)
+    np.testing.assert_allclose(fit.W[1, 0, 2].numpy(), coef, atol=1e-6)
+    assert abs(fit.b[1, 0, 2].item() - icpt) <= 1e-6
+
+
+def test_rows_outside_the_masks_are_ignored():
+    X, Y, train, _ = _data(2)
+    unused = ~train.any(axis=(0, 2))
+    unused[:5] = True
+    train = train & ~unused[None, :, None]
+    fit = fit_logreg(X, Y, train, [1.0])
+    X2 = X.copy()
+    X2[unused] = np.nan  # e.g. rows whose image failed
+    Y2 = Y.copy()
+    Y2[unused] = 1 - Y2[unused]
+    fit2 = fit_logreg(X2, Y2, train, [1.0])
+    torch.testing.assert_close(fit.W, fit2.W, atol=1e-9, rtol=0)
+    assert torch.isfinite(scaled_gradient_max(X2, Y2, train, fit2)).all()
+
+
+def test_options_do_not_change_the_optimum():
+    X, Y, train, _ = _data(3)
+    ref = fit_logreg(X, Y, train, CS)
+    for kwargs in ({"warm_start": False}, {"max_problems": 4}, {"dtype": torch.float32}):
+        other = fit_logreg(torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(train), CS, **kwargs)
+        torch.testing.assert_close(other.W, ref.W, atol=1e-7, rtol=0)
+        torch.testing.assert_close(other.b, ref.b, atol=1e-7, rtol=0)
+
+
+def test_reports_the_scaled_gradient_like_an_independent_check():
+    X, Y, train, _ = _data(4)
+    fit = fit_logreg(X, Y, train, CS, tol=1e-4)
+    assert (fit.grad_max <= 1e-4).all()
+    torch.testing.assert_close(scaled_gradient_max(X, Y, train, fit), fit.grad_max, rtol=1e-3, atol=1e-12)
+
+
+def test_max_iter_stops_and_reports_non_convergence():
+    X, Y, train, _ = _data(5)
+    fit = fit_logreg(X, Y, train, [100.0], max_iter=1, warm_start=False)
+    assert not fit.converged.all() and (fit.n_iter <= 1).all()
+
+
+def test_sklearn_reference_layout_and_defaults():
+    X, Y, train, _ = _data(6)
+    ref = fit_sklearn(X, Y, train, CS)  # scikit-learn's defaults: tol 1e-4, max_iter 100
+    assert ref.solver == "sklearn" and ref.W.shape == (3, 3, 3, 12)
+    m = LogisticRegression(C=100.0).fit(X[train[2, :, 1]], Y[train[2, :, 1], 1])
+    np.testing.assert_array_equal(ref.W[2, 2, 1].numpy(), m.coef_[0])
+    assert ref.n_iter[2, 2, 1] == m.n_iter_[0]
+    # float64 features: scikit-learn runs lbfgs in the features' dtype, and float32 cannot reach 1e-10
+    converged = fit_sklearn(X.astype(np.float64), Y, train, CS, tol=1e-10, max_iter=20000)
+    batched = fit_logreg(X, Y, train, CS)
+    torch.testing.assert_close(batched.W, converged.W, atol=1e-5, rtol=0)
+    assert (converged.grad_max < 1e-7).all() and (ref.grad_max > converged.grad_max).all()
+
+
+def test_predictions_of_every_row():
+    X, Y, train, _ = _data(7)
+    fit = fit_logreg(X, Y, train, CS)
+    dec = decision_function(X, fit)
+    assert dec.shape == (3, 3, X.shape[0], 3) and dec.dtype == torch.float64
+    manual = X[5].astype(np.float64) @ fit.W[1, 2, 0].numpy() + fit.b[1, 2, 0].item()
+    assert dec[1, 2, 5, 0].item() == pytest.approx(manual, abs=1e-12)
+    torch.testing.assert_close(predict_proba(X, fit), torch.sigmoid(dec))
+
+
+def test_one_class_problem_is_an_error():
+    X, Y, train, _ = _data(8)
+    Y[:, 1] = 0
+    with pytest.raises(ValueError, match="one class"):
+        fit_logreg(X, Y, train, [1.0])

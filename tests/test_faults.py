@@ -32,7 +32,6 @@ reason, its rows are invalid and NaN, every other row finite.
     zero-byte, not-an-image, huge-image
 Determinism and storage.
     identical-runs-byte-identical, float16-readonly-memmap
-
 """
 
 from __future__ import annotations

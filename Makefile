@@ -21,7 +21,7 @@ help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -q -e ".[dev]"
 	@mkdir -p $(dir $@) && touch $@
 
 install: ## Install the package with test and lint tools (skipped when pyproject.toml is unchanged).

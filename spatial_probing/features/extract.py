@@ -49,6 +49,7 @@ def extract(
     if overwrite:
         store.discard(key)
     parts = view_parts(model.spec.view)
+    encoder = model.build()  # before any shard dir exists: a model that fails to load leaves nothing behind
     partial = store.prepare_partial(key, datamodule.plan_signature())
     plans = {"text": datamodule.text_plan(), "image": datamodule.image_plan()}
     pending = {
@@ -57,7 +58,6 @@ def extract(
     done = sum(len(plans[s]) - len(pending[s]) for s in parts)
     if done:
         print(f"resuming: {done} of {sum(len(plans[s]) for s in parts)} batches already in {partial}")
-    encoder = model.build()
     meta = {
         "encoder": str(model.spec),
         "view": model.spec.view,

@@ -341,10 +341,23 @@ class FeatureStore:
         shutil.rmtree(self.partial_dir(key), ignore_errors=True)
 
     def clean_stale(self, key: CacheKey) -> None:
-        """Remove temp directories left by merges that were killed before their rename."""
+        """Remove what killed runs left: merge temp dirs of dead processes, shards of a finished entry."""
         final = self.entry_dir(key)
         for tmp in final.parent.glob(f"{final.name}.tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not _pid_alive(tmp.name.rpartition("-")[2]):  # a live one belongs to a concurrent merge
+                shutil.rmtree(tmp, ignore_errors=True)
+        if (final / "meta.json").is_file():  # killed between the rename and the shard clean-up
+            shutil.rmtree(self.partial_dir(key), ignore_errors=True)
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _library_versions() -> dict[str, str]:

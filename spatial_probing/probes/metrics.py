@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from spatial_probing.probes.folds import inner_folds
-from spatial_probing.probes.solver import ArrayLike, LogRegFit, decision_function, fit_logreg
+from spatial_probing.probes.solver import ArrayLike, LogRegFit, fit_logreg, predict
 
 METRICS = ("f1_macro", "f1_pos", "accuracy", "balanced_accuracy")
 
@@ -56,10 +56,7 @@ def binary_metrics(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> di
 def fit_metrics(X: ArrayLike, Y: ArrayLike, test_mask: ArrayLike, fit: LogRegFit) -> dict[str, torch.Tensor]:
     """`binary_metrics` of a fit on its test rows, one fold at a time (bounded memory)."""
     test = torch.as_tensor(np.asarray(test_mask) if not isinstance(test_mask, torch.Tensor) else test_mask)
-    per_fold = [
-        binary_metrics(decision_function(X, _fold(fit, f)) > 0, Y, test[f : f + 1])
-        for f in range(fit.W.shape[0])
-    ]
+    per_fold = [binary_metrics(predict(X, _fold(fit, f)), Y, test[f : f + 1]) for f in range(fit.W.shape[0])]
     return {name: torch.cat([m[name] for m in per_fold]) for name in METRICS}
 
 
@@ -98,15 +95,17 @@ def select_C(
     For every outer fold, its training rows are split into ``inner_splits`` stratified folds; each
     C is scored by the mean inner macro-F1 and the best (first on ties, in ``Cs`` order) is chosen.
     All inner fits and the refits on the outer training rows (every C) are problems of one
-    `fit_logreg` call (``fit_kwargs`` go to it).
+    `fit_logreg` call (``fit_kwargs`` go to it), the inner ones warm-started from the refits.
     """
     train = np.asarray(train_mask, dtype=bool)
     n_outer = train.shape[0]
     inner_train, inner_test = inner_folds(np.asarray(Y), train, inner_splits, seed)
     K = inner_splits
-    # Problem masks: K inner training sets per outer fold, then the outer training sets.
+    # Problem masks: K inner training sets per outer fold, then the outer training sets; each
+    # inner fit starts from its outer fold's (it holds (K-1)/K of those rows).
     masks = np.concatenate([inner_train.reshape(n_outer * K, *train.shape[1:]), train])
-    fit = fit_logreg(X, Y, masks, Cs, **fit_kwargs)
+    parents = [n_outer * K + f for f in range(n_outer) for _ in range(K)] + [-1] * n_outer
+    fit = fit_logreg(X, Y, masks, Cs, parents=parents, **fit_kwargs)
     inner_fit, refit = _folds(fit, slice(0, n_outer * K)), _folds(fit, slice(n_outer * K, None))
     inner = fit_metrics(X, Y, inner_test.reshape(n_outer * K, *train.shape[1:]), inner_fit)["f1_macro"]
     inner = inner.reshape(n_outer, K, *inner.shape[1:]).mean(1)  # [F, C, T]

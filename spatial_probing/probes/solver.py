@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 ArrayLike = np.ndarray | torch.Tensor
+_LEAD = 128  # leading rotated directions whose curvature block the preconditioner takes exactly
 _SMALL_GEMM = 2**24  # multiply-adds of a GEMM with every problem's column below which one thread is faster
 
 
@@ -72,6 +73,7 @@ def fit_logreg(
     dtype: torch.dtype = torch.float64,
     max_problems: int | None = None,
     warm_start: bool = True,
+    parents: Sequence[int] | None = None,
 ) -> LogRegFit:
     """Fit every (fold, C, target) L2 logistic regression to scikit-learn's optimum.
 
@@ -83,7 +85,9 @@ def fit_logreg(
     bounds Newton steps. ``dtype`` is the precision of the Hessian-vector products (float32 is
     faster; the answer stays float64-accurate). ``max_problems`` bounds how many problems are
     solved together (memory grows by a few ``[n, max_problems]`` arrays; by default about twice
-    the feature matrix). ``warm_start`` first solves each (C, target) on the union of its folds.
+    the feature matrix). ``warm_start`` first solves each (C, target) loosely on the union of its
+    folds and starts every fold there; ``parents[f] = g`` instead starts fold f from fold g's
+    answer (g is solved first; nested CV: inner folds from their outer fold), -1 the union.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     Yt = _as_tensor(Y).to(dev)
@@ -94,18 +98,42 @@ def fit_logreg(
     d = basis.Z.shape[1]
     sw = _sample_weights(sample_weight, n, n_targets, dev)
     if max_problems is None:
-        # ~6 float64 [n, P] working arrays: keep them within about twice the float32 features.
-        max_problems = max(16, (2 * d * 4) // (6 * 8))
-    solve = _ChunkedSolver(basis, Yt, sw, class_weight, Cs, max_problems)
+        # A problem's working set is ~12 float64 arrays over Z's rows: keep all of them within
+        # about twice the float32 feature matrix.
+        max_problems = max(16, (2 * n * d * 4) // (12 * 8 * basis.Z.shape[0]))
+    parents = _check_parents(parents, n_folds)
+    shape = (n_folds, len(Cs), n_targets)
+    res = _Solved(
+        Wrot=torch.zeros(*shape, d, dtype=torch.float64, device=dev),
+        brot=torch.zeros(shape, dtype=torch.float64, device=dev),
+        n_iter=torch.zeros(shape, dtype=torch.int64, device=dev),
+        converged=torch.zeros(shape, dtype=torch.bool, device=dev),
+        grad_max=torch.zeros(shape, dtype=torch.float64, device=dev),
+    )
     gemm_size = basis.Z.numel() * min(max_problems, n_folds * len(Cs) * n_targets)
     with _threads(1 if gemm_size < _SMALL_GEMM and dev.type == "cpu" else torch.get_num_threads()):
-        W0 = b0 = None
+        anchor = None
         if warm_start and n_folds > 1:
-            union = mask.any(0, keepdim=True)
+            union = _Problems(basis, Yt, sw, class_weight, Cs, mask.any(0, keepdim=True))
             # Loose is enough: fold answers differ from the union's by far more than this.
-            anchor = solve(union, None, None, tol=max(tol, 1e-6), max_iter=max_iter)
-            W0, b0 = anchor.Wrot.expand(n_folds, -1, -1, -1), anchor.brot.expand(n_folds, -1, -1)
-        res = solve(mask, W0, b0, tol=tol, max_iter=max_iter)
+            anchor = _solve(basis, union, None, max(tol, 1e-6), max_iter, max_problems)
+            anchor = _anchor_bank(basis, union, anchor)
+        for level in _levels(parents):
+            problems = _Problems(basis, Yt, sw, class_weight, Cs, mask[level])
+            init = None
+            if anchor is not None:
+                parent = torch.tensor([parents[f] for f in level], device=dev)[problems.f]
+                flat_parent = (parent * len(Cs) + problems.c) * n_targets + problems.t
+                init = _Init(
+                    **anchor,
+                    W_f=res.Wrot.view(-1, d).T,
+                    b_f=res.brot.view(-1),
+                    anchor_key=problems.c * n_targets + problems.t,
+                    parent_key=torch.where(parent >= 0, flat_parent, -1),
+                )
+            out = _solve(basis, problems, init, tol, max_iter, max_problems)
+            for name in ("Wrot", "brot", "n_iter", "converged", "grad_max"):
+                getattr(res, name)[level] = getattr(out, name)
 
     # Back to the original coordinates: w = V u, b = b' - mu.w.
     W = res.Wrot @ basis.V.T
@@ -130,9 +158,30 @@ def decision_function(X: ArrayLike, fit: LogRegFit, block: int = 4096) -> torch.
     return out.T.reshape(F, nC, T, n).transpose(2, 3)
 
 
-def predict(X: ArrayLike, fit: LogRegFit) -> torch.Tensor:
-    """Predicted class (True = positive) of every row under every problem: ``[F, len(Cs), n, T]``."""
-    return decision_function(X, fit) > 0
+def predict(X: ArrayLike, fit: LogRegFit, block: int = 4096) -> torch.Tensor:
+    """Predicted class (True = positive) of every row under every problem: ``[F, len(Cs), n, T]``.
+
+    Exactly the sign of the float64 decision value, at float32 GEMM speed: values within the
+    float32 rounding bound of 0 (``2 (d + 3) eps (|x| |w| + |b|)``, from the dot product's error
+    bound) are recomputed in float64.
+    """
+    F, nC, T, d = fit.W.shape
+    W = fit.W.reshape(-1, d)
+    b = fit.b.reshape(-1)
+    W32, b32 = W.float().T, b.float()
+    w_norm = W.norm(dim=1)
+    eps = torch.finfo(torch.float32).eps
+    out = torch.empty(X.shape[0], W.shape[0], dtype=torch.bool, device=W.device)
+    for i in range(0, X.shape[0], block):
+        x = _rows64(X, np.arange(i, min(i + block, X.shape[0])), W.device)
+        dec = x.float() @ W32 + b32
+        bound = 2 * (d + 3) * eps * (x.norm(dim=1, keepdim=True) * w_norm + b.abs())
+        unsure = torch.nonzero(dec.abs() <= bound)
+        out[i : i + block] = dec > 0
+        if len(unsure):
+            r, p = unsure[:, 0], unsure[:, 1]
+            out[i + r, p] = (x[r] * W[p]).sum(1) + b[p] > 0
+    return out.T.reshape(F, nC, T, -1).transpose(2, 3)
 
 
 def predict_proba(X: ArrayLike, fit: LogRegFit) -> torch.Tensor:
@@ -164,7 +213,7 @@ def scaled_gradient_max(
     for f in range(F):
         ap, an = _label_weights(Yt, mask[f][:, t_idx], sw, class_weight, t_idx)
         W = fit.W[f].reshape(nC * T, d).T
-        r = _loss_slope(Xt @ W + fit.b[f].reshape(-1), ap, an)
+        r = _loss_slope(Xt @ W + fit.b[f].reshape(-1), ap, ap + an)
         gw = W + Cp * (Xt.T @ r)
         gb = Cp * r.sum(0)
         out[f] = (torch.maximum(gw.abs().amax(0), gb.abs()) / (Cp * (ap + an).sum(0))).reshape(nC, T)
@@ -194,10 +243,10 @@ class _Basis:
     lam: torch.Tensor  # [d] float64, eigenvalues of the count-weighted centred Gram matrix
     row_of: torch.Tensor  # [n] int64
     n_rows: int  # rows behind Z, with multiplicity
-    block: int = 2048  # rows per float64 block product when Z is stored in lower precision
+    block: int = 512  # rows per float64 block product when Z is stored in lower precision
 
     @classmethod
-    def build(cls, X: ArrayLike, used: torch.Tensor, dtype: torch.dtype, block: int = 2048) -> _Basis:
+    def build(cls, X: ArrayLike, used: torch.Tensor, dtype: torch.dtype, block: int = 1024) -> _Basis:
         """Merge, centre and rotate X in row blocks; Z is the only full-size copy made."""
         dev = used.device
         rows = torch.nonzero(used).squeeze(1).cpu().numpy()
@@ -347,101 +396,207 @@ class _Solved:
     grad_max: torch.Tensor
 
 
-class _ChunkedSolver:
-    """Solves all (fold, C, target) problems of a ``[F, n, T]`` mask, ``max_problems`` at a time."""
+class _Problems:
+    """The (fold, C, target) problems of a ``[F, n, T]`` mask, in a flat order, weights built on demand."""
 
-    def __init__(self, basis: _Basis, Y, sw, class_weight, Cs: tuple[float, ...], max_problems: int):
-        self.basis, self.Y, self.sw, self.class_weight = basis, Y, sw, class_weight
-        self.Cs, self.max_problems = Cs, max_problems
+    def __init__(self, basis: _Basis, Y, sw, class_weight, Cs: tuple[float, ...], mask: torch.Tensor):
+        self.basis, self.Y, self.sw, self.class_weight, self.mask = basis, Y, sw, class_weight, mask
+        self.shape = (mask.shape[0], len(Cs), mask.shape[2])
+        grids = torch.meshgrid(*(torch.arange(k, device=mask.device) for k in self.shape), indexing="ij")
+        self.f, self.c, self.t = (g.reshape(-1) for g in grids)
+        self.C = torch.tensor(Cs, dtype=torch.float64, device=mask.device)[self.c]
 
-    def __call__(self, mask, W0, b0, tol: float, max_iter: int) -> _Solved:
-        n_folds, n, n_targets = mask.shape
-        dev, d = mask.device, self.basis.Z.shape[1]
-        shape = (n_folds, len(self.Cs), n_targets)
-        out = _Solved(
-            Wrot=torch.zeros(*shape, d, dtype=torch.float64, device=dev),
-            brot=torch.zeros(shape, dtype=torch.float64, device=dev),
-            n_iter=torch.zeros(shape, dtype=torch.int64, device=dev),
-            converged=torch.zeros(shape, dtype=torch.bool, device=dev),
-            grad_max=torch.zeros(shape, dtype=torch.float64, device=dev),
-        )
-        grids = torch.meshgrid(*(torch.arange(k, device=dev) for k in shape), indexing="ij")
-        f_all, c_all, t_all = (g.reshape(-1) for g in grids)
-        Cs = torch.tensor(self.Cs, dtype=torch.float64, device=dev)
-        for start in range(0, f_all.numel(), self.max_problems):
-            f, c, t = (g[start : start + self.max_problems] for g in (f_all, c_all, t_all))
-            w_pos, w_neg = _label_weights(self.Y, mask[f, :, t].T, self.sw, self.class_weight, t)
-            w_pos, w_neg = self.basis.merge(w_pos), self.basis.merge(w_neg)
-            init = (W0[f, c, t].T, b0[f, c, t]) if W0 is not None else None
-            W, b, n_iter, converged, grad_max = _newton_cg(
-                self.basis, w_pos, w_neg, Cs[c], init, tol, max_iter
-            )
-            out.Wrot[f, c, t], out.brot[f, c, t] = W.T, b
-            out.n_iter[f, c, t], out.converged[f, c, t], out.grad_max[f, c, t] = n_iter, converged, grad_max
-        return out
+    def __len__(self) -> int:
+        return self.f.numel()
+
+    def weights(self, idx: torch.Tensor, cols: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positive / negative row weights of problems ``idx`` summed onto Z's rows: ``[u, len(idx)]`` each.
+
+        Built ``cols`` problems at a time: the per-row ``[n, P]`` intermediates would otherwise be
+        the largest arrays of the whole solve.
+        """
+        parts = []
+        for j in range(0, len(idx), cols):
+            f, t = self.f[idx[j : j + cols]], self.t[idx[j : j + cols]]
+            w_pos, w_neg = _label_weights(self.Y, self.mask[f, :, t].T, self.sw, self.class_weight, t)
+            parts.append((self.basis.merge(w_pos), self.basis.merge(w_neg)))
+        return torch.cat([p for p, _ in parts], 1), torch.cat([q for _, q in parts], 1)
+
+    def solved(self, W, b, n_iter, converged, grad_max) -> _Solved:
+        """Results over the flat order (``W [d, N]``) reshaped to ``[F, nC, T, ...]``."""
+        return _Solved(W.T.reshape(*self.shape, -1), b.reshape(self.shape), n_iter.reshape(self.shape),
+                       converged.reshape(self.shape), grad_max.reshape(self.shape))  # fmt: skip
 
 
-def _newton_cg(basis: _Basis, ap, an, Cp, init, tol: float, max_iter: int, cg_max: int = 50):
-    """Truncated Newton on problems with positive / negative row weights ``ap, an [u, P]``, ``Cp [P]``."""
+@dataclass
+class _Active:
+    """State of the problems being iterated (float64 unless noted); the last axis is the problem."""
+
+    ids: torch.Tensor  # [A] index into the flat problem order
+    W: torch.Tensor  # [d, A] rotated weights
+    b: torch.Tensor  # [A]
+    m: torch.Tensor  # [u, A] margins Z W + b
+    ap: torch.Tensor  # [u, A] weight of the positive rows
+    an: torch.Tensor  # [u, A] weight of the negative rows
+    a: torch.Tensor  # [u, A] ap + an
+    C: torch.Tensor  # [A]
+    scale: torch.Tensor  # [A] C * sum of weights: scikit-learn's loss scaling
+    steps: torch.Tensor  # [A] Newton steps taken
+    lead: torch.Tensor  # [k, k, A] HVP dtype: leading curvature block (see _Preconditioner)
+    lead_dsum: torch.Tensor  # [A] HVP dtype: sum(D) it was taken at; 0 = none (cold start)
+
+    FIELDS = ("ids", "W", "b", "m", "ap", "an", "a", "C", "scale", "steps", "lead", "lead_dsum")
+
+    def select(self, keep: torch.Tensor) -> _Active:
+        return _Active(*(getattr(self, k)[..., keep] for k in self.FIELDS))
+
+    def join(self, other: _Active) -> _Active:
+        return _Active(*(torch.cat([getattr(self, k), getattr(other, k)], -1) for k in self.FIELDS))
+
+
+def _check_parents(parents: Sequence[int] | None, n_folds: int) -> list[int]:
+    parents = [-1] * n_folds if parents is None else [int(p) for p in parents]
+    if len(parents) != n_folds or any(p >= n_folds or p == f for f, p in enumerate(parents)):
+        raise ValueError(f"parents must give, per fold, another fold's index or -1; got {parents}")
+    return parents
+
+
+def _levels(parents: list[int]) -> list[list[int]]:
+    """Folds in solving order: those starting from the union first, then their children, ..."""
+    levels, placed = [], set()
+    while len(placed) < len(parents):
+        level = [f for f, p in enumerate(parents) if f not in placed and (p < 0 or p in placed)]
+        if not level:
+            raise ValueError(f"parents form a cycle: {parents}")
+        levels.append(level)
+        placed.update(level)
+    return levels
+
+
+@dataclass
+class _Init:
+    """Warm starts: from the union anchors (``*_a``, by ``anchor_key``) or from solved folds
+    (``*_f``, by ``parent_key``, -1 for none); leading blocks always from the anchors."""
+
+    W_a: torch.Tensor  # [d, nC * T]
+    b_a: torch.Tensor  # [nC * T]
+    lead: torch.Tensor  # [k, k, nC * T]
+    lead_dsum: torch.Tensor  # [nC * T]
+    W_f: torch.Tensor  # [d, F * nC * T]
+    b_f: torch.Tensor  # [F * nC * T]
+    anchor_key: torch.Tensor  # [N]
+    parent_key: torch.Tensor  # [N]
+
+
+def _anchor_bank(basis: _Basis, union: _Problems, anchor: _Solved) -> dict[str, torch.Tensor]:
+    """Anchor weights and the leading curvature blocks at them, for `_Init`."""
+    d = basis.Z.shape[1]
+    W_a, b_a = anchor.Wrot.reshape(-1, d).T, anchor.brot.reshape(-1)
+    ap, an = union.weights(torch.arange(len(union), device=W_a.device))
+    _, D = _loss_derivatives(basis.mm64(W_a) + b_a, ap, ap + an)
+    D = D.to(basis.Z.dtype)
+    return {"W_a": W_a, "b_a": b_a, "lead": _lead_blocks(basis, D, min(_LEAD, d)), "lead_dsum": D.sum(0)}
+
+
+def _solve(basis: _Basis, problems: _Problems, init, tol: float, max_iter: int, capacity: int) -> _Solved:
+    """Truncated Newton on every problem, ``capacity`` at a time, streaming.
+
+    Converged problems leave the working set and queued ones take their place, so GEMMs keep
+    their width until the queue is empty instead of a chunk idling on its slowest problem.
+    ``init`` is None (cold starts) or an `_Init`.
+    """
     u, d = basis.Z.shape
-    P = ap.shape[1]
-    dev = ap.device
+    N, dev = len(problems), basis.Z.device
+    # Tight tolerances need float64 gradients and margins; float32 rounding sits near 1e-8.
+    exact = tol < 1e-7 or basis.Z.dtype == torch.float64
+    out_W = torch.zeros(d, N, dtype=torch.float64, device=dev)
+    out_b = torch.zeros(N, dtype=torch.float64, device=dev)
+    n_iter = torch.zeros(N, dtype=torch.int64, device=dev)
+    converged = torch.zeros(N, dtype=torch.bool, device=dev)
+    grad_max = torch.full((N,), float("inf"), dtype=torch.float64, device=dev)
+    state, queued = None, 0
+    while True:
+        room = capacity - (0 if state is None else len(state.ids))
+        if queued < N and room >= min(capacity // 4, N - queued):
+            new = _start(
+                basis, problems, torch.arange(queued, min(N, queued + room), device=dev), init, exact
+            )
+            queued += len(new.ids)
+            state = new if state is None else state.join(new)
+        if state is None:
+            break
+        r, D = _loss_derivatives(state.m, state.ap, state.a)
+        gw = state.W + state.C * (basis.tmm64(r) if exact else (basis.Z.T @ r.to(basis.Z.dtype)).double())
+        gb = state.C * r.sum(0)
+        gmax = _orig_grad_max(basis, gw, gb) / state.scale
+        ids = state.ids
+        out_W[:, ids], out_b[ids], n_iter[ids], grad_max[ids] = state.W, state.b, state.steps, gmax
+        ok = gmax <= tol
+        converged[ids[ok]] = True
+        done = ok | (state.steps >= max_iter)
+        if bool(done.any()):
+            keep = ~done
+            state, D, gw, gb, gmax = state.select(keep), D[:, keep], gw[:, keep], gb[keep], gmax[keep]
+            if not len(state.ids):
+                state = None
+                continue
+        # The last steps need only tol / |g| of relative residual, not the quadratic-rate sqrt(|g|).
+        gnorm = torch.sqrt((gw * gw).sum(0) + gb * gb)
+        eta = torch.clamp(torch.maximum(torch.sqrt(gmax), 0.5 * tol * state.scale / gnorm), max=0.1)
+        sw_, sb_, zs = _pcg(basis, D.to(basis.Z.dtype), state, gw, gb, eta)
+        del D
+        if exact:  # margins of the step in float64, so they never drift from Z W + b
+            zs = basis.mm64(sw_) + sb_
+        _line_search(state, sw_, sb_, zs, gw, gb)
+        _polish_intercept(state)
+        state.steps += 1
+    return problems.solved(out_W, out_b, n_iter, converged, grad_max)
+
+
+def _start(basis: _Basis, problems: _Problems, idx: torch.Tensor, init: _Init | None, exact: bool) -> _Active:
+    """Working state of newly admitted problems: weights, and a cold or warm start."""
+    ap, an = problems.weights(idx)
+    C = problems.C[idx]
+    a = ap + an
+    dev, dt, k = ap.device, basis.Z.dtype, min(_LEAD, basis.Z.shape[1])
     if init is None:
-        W = torch.zeros(d, P, dtype=torch.float64, device=dev)
+        W = torch.zeros(basis.Z.shape[1], len(idx), dtype=torch.float64, device=dev)
         # The intercept's optimum at w = 0 (features are centred): the weighted log-odds. Starting
         # there puts the curvature of rare positives at the right scale.
         b = torch.log(ap.sum(0) / an.sum(0))
-        m = b.expand(u, P).clone()
+        m = b.expand_as(ap).clone()
+        lead = torch.zeros(k, k, len(idx), dtype=dt, device=dev)
+        lead_dsum = torch.zeros(len(idx), dtype=dt, device=dev)
     else:
-        W, b = init[0].clone(), init[1].clone()
-        m = basis.mm64(W) + b
-    out_W, out_b = W.clone(), b.clone()
-    n_iter = torch.zeros(P, dtype=torch.int64, device=dev)
-    converged = torch.zeros(P, dtype=torch.bool, device=dev)
-    grad_max = torch.full((P,), float("inf"), dtype=torch.float64, device=dev)
-
-    ids = torch.arange(P, device=dev)
-    scale = Cp * (ap + an).sum(0)  # C * sum of weights: scikit-learn's loss scaling
-    for it in range(max_iter + 1):
-        r, D = _loss_derivatives(m, ap, an)
-        gw = W + Cp * basis.tmm64(r)
-        gb = Cp * r.sum(0)
-        gmax = _orig_grad_max(basis, gw, gb) / scale
-        grad_max[ids], out_W[:, ids], out_b[ids], n_iter[ids] = gmax, W, b, it
-        done = gmax <= tol
-        converged[ids[done]] = True
-        if it == max_iter or bool(done.all()):
-            break
-        if bool(done.any()):
-            keep = ~done
-            ids, W, b, m, ap, an, D, gw, gb, Cp, scale, gmax = (
-                x[..., keep] for x in (ids, W, b, m, ap, an, D, gw, gb, Cp, scale, gmax)
-            )
-        # The last steps need only tol / |g| of relative residual, not the quadratic-rate sqrt(|g|).
-        gnorm = torch.sqrt((gw * gw).sum(0) + gb * gb)
-        eta = torch.clamp(torch.maximum(torch.sqrt(gmax), 0.5 * tol * scale / gnorm), max=0.1)
-        sw_, sb_, zs = _pcg(basis, D.to(basis.Z.dtype), Cp, gw, gb, eta, cg_max)
-        W, b, m = _line_search(W, b, m, sw_, sb_, zs, gw, gb, ap, an, Cp)
-        b, m = _polish_intercept(b, m, ap, an)
-    return out_W, out_b, n_iter, converged, grad_max
+        ka, kp = init.anchor_key[idx], init.parent_key[idx]
+        W, b = init.W_a[:, ka].clone(), init.b_a[ka].clone()
+        child = kp >= 0
+        W[:, child], b[child] = init.W_f[:, kp[child]], init.b_f[kp[child]]
+        m = (basis.mm64(W) if exact else (basis.Z @ W.to(dt)).double()) + b
+        lead, lead_dsum = init.lead[..., ka], init.lead_dsum[ka]
+    steps = torch.zeros(len(idx), dtype=torch.int64, device=dev)
+    return _Active(idx, W, b, m, ap, an, a, C, C * a.sum(0), steps, lead, lead_dsum)
 
 
-def _loss_derivatives(m, ap, an):
-    """First and second derivatives of the weighted loss in each margin: ``r, D [u, P]``."""
+def _loss_derivatives(m, ap, a):
+    """First and second derivatives of the weighted loss in each margin: ``r, D [u, P]``.
+
+    ``ap`` is the positive rows' weight, ``a`` every row's (positive plus negative).
+    """
     p = torch.sigmoid(m)
-    return an * p - ap * (1 - p), (ap + an) * p * (1 - p)
+    D = torch.addcmul(p, p, p, value=-1).mul_(a)
+    return p.mul_(a).sub_(ap), D
 
 
-def _loss_slope(m, ap, an):
+def _loss_slope(m, ap, a):
     """First derivative of the weighted loss in each margin: ``r [u, P]``."""
-    p = torch.sigmoid(m)
-    return an * p - ap * (1 - p)
+    return torch.sigmoid(m).mul_(a).sub_(ap)
 
 
 def _loss(m, ap, an):
     """Weighted logistic loss per row: ``ap log(1 + e^-m) + an log(1 + e^m)``."""
     sp = torch.nn.functional.softplus
-    return ap * sp(-m) + an * sp(m)
+    return sp(-m).mul_(ap).add_(sp(m).mul_(an))
 
 
 def _orig_grad_max(basis: _Basis, gw: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
@@ -450,7 +605,7 @@ def _orig_grad_max(basis: _Basis, gw: torch.Tensor, gb: torch.Tensor) -> torch.T
     return torch.maximum(g.abs().amax(0), gb.abs())
 
 
-def _pcg(basis: _Basis, D, Cp, gw, gb, eta, cg_max):
+def _pcg(basis: _Basis, D, state: _Active, gw, gb, eta, cg_max: int = 50):
     """Per-problem preconditioned CG on the Newton system with the intercept eliminated.
 
     The Hessian is ``[[A, c], [c^T, h]]`` with ``A = I + C Z^T D Z``, ``c = C Z^T D 1`` and
@@ -460,15 +615,14 @@ def _pcg(basis: _Basis, D, Cp, gw, gb, eta, cg_max):
     """
     Z = basis.Z
     dt = Z.dtype
-    Cq = Cp.to(dt)
+    Cq = state.C.to(dt)
     h = Cq * D.sum(0)
     c = Cq * (Z.T @ D)
-    # In the rotated basis Z^T Z = diag(lam), so Z^T D Z ~ mean(D) diag(lam) where D is flat.
-    M = (1 + (Cq * D.sum(0) / basis.n_rows)[None, :] * basis.lam.to(dt)[:, None] - c * c / h).clamp_min(1.0)
+    precond = _Preconditioner(basis, D, Cq, c, h, state.lead, state.lead_dsum)
     x = torch.zeros_like(c)
     zx = torch.zeros_like(D)
     r = (-gw + c.double() * (gb / h.double())).to(dt)
-    z = r / M
+    z = precond(r)
     p = z.clone()
     rz = (r * z).sum(0)
     r0 = torch.sqrt((r * r).sum(0))
@@ -483,7 +637,7 @@ def _pcg(basis: _Basis, D, Cp, gw, gb, eta, cg_max):
         active &= torch.sqrt((r * r).sum(0)) > eta.to(dt) * r0
         if not bool(active.any()):
             break
-        z = r / M
+        z = precond(r)
         rz_new = (r * z).sum(0)
         p = z + (rz_new / rz) * p
         rz = rz_new
@@ -492,40 +646,95 @@ def _pcg(basis: _Basis, D, Cp, gw, gb, eta, cg_max):
     return x, xb, zx.double() + xb
 
 
-def _line_search(W, b, m, sw_, sb_, zs, gw, gb, ap, an, Cp, c1=1e-4, max_halvings=30):
-    """Per-problem backtracking from the full Newton step.
+class _Preconditioner:
+    """Approximate inverse of the Schur complement ``S = I + C Z^T D Z - c c^T / h``, per problem.
+
+    In the rotated basis ``Z^T Z = diag(lam)``, so ``Z^T D Z ~ mean(D) diag(lam)`` where D is
+    flat. It is not (rare positives; at large C most rows are fitted and carry no curvature), and
+    the error concentrates in the leading directions: there the leading block of the problem's
+    anchor (`_lead_blocks`, computed once per anchor and shared by its folds), scaled to the
+    problem's current total curvature, replaces the diagonal. A fold differs from its anchor by
+    a fifth of the rows, so the block stays close; rebuilding it from the problem's own
+    curvature costs about five CG iterations and saved fewer. Cold starts use the diagonal.
+    """
+
+    def __init__(self, basis: _Basis, D, Cq, c, h, lead, lead_dsum):
+        lam = basis.lam.to(D.dtype)
+        self.diag = (1 + (Cq * D.sum(0) / basis.n_rows)[None, :] * lam[:, None] - c * c / h).clamp_min(1.0)
+        self.k = k = lead.shape[0]
+        has = lead_dsum > 0
+        S = (
+            lead.permute(2, 0, 1)
+            * torch.where(has, Cq * D.sum(0) / lead_dsum.clamp_min(1e-30), 0)[:, None, None]
+        )
+        S.diagonal(dim1=1, dim2=2).add_(torch.where(has[:, None], 1.0, self.diag[-k:].T))
+        self.chol = torch.linalg.cholesky(S)
+
+    def __call__(self, r: torch.Tensor) -> torch.Tensor:
+        z = r / self.diag
+        z[-self.k :] = torch.cholesky_solve(r[-self.k :].T.unsqueeze(-1), self.chol).squeeze(-1).T
+        return z
+
+
+def _lead_blocks(basis: _Basis, D: torch.Tensor, k: int, rows: int = 256) -> torch.Tensor:
+    """Leading ``k x k`` block of the intercept-eliminated curvature per column p of ``D [u, K]``: ``[k, k, K]``.
+
+    ``Z_k^T D_p Z_k - c c^T / sum(D_p)`` with ``c = Z_k^T D_p 1``: a Schur complement of a
+    positive semi-definite matrix, so positive semi-definite. One GEMM per row block against
+    the pairwise products of the leading columns (upper triangle), instead of a ``[K, u, k]``
+    batched product.
+    """
+    Z = basis.Z
+    u, d = Z.shape
+    i, j = torch.triu_indices(k, k, device=Z.device)
+    G = torch.zeros(i.numel(), D.shape[1], dtype=Z.dtype, device=Z.device)
+    lead = Z[:, d - k :]
+    for r in range(0, u, rows):
+        zb = lead[r : r + rows]
+        G += (zb[:, i] * zb[:, j]).T @ D[r : r + rows]
+    B = torch.empty(D.shape[1], k, k, dtype=Z.dtype, device=Z.device)
+    B[:, i, j] = G.T
+    B[:, j, i] = G.T
+    c = (lead.T @ D).T
+    return (B - c[:, :, None] * c[:, None, :] / D.sum(0)[:, None, None]).permute(1, 2, 0)
+
+
+def _line_search(state: _Active, sw_, sb_, zs, gw, gb, c1: float = 1e-4, max_halvings: int = 30) -> None:
+    """Per-problem backtracking from the full Newton step; updates ``state`` in place.
 
     A step is accepted when the objective's slope along the direction is still <= 0 there (the
     problem is convex, so the objective decreased all the way), or on Armijo's sufficient
     decrease. The slope test is what works near the optimum, where objective differences drown
     in rounding but the slope, a sum of small terms, does not.
     """
+    W, m, C = state.W, state.m, state.C
     slope = (gw * sw_).sum(0) + gb * sb_
     wsw, sws = (W * sw_).sum(0), (sw_ * sw_).sum(0)
-    base = _loss(m, ap, an)
+    base = _loss(m, state.ap, state.an)
     t = torch.ones_like(gb)
     pending = torch.ones_like(gb, dtype=torch.bool)
     for _ in range(max_halvings):
-        trial = m + t * zs
-        slope_t = wsw + t * sws + Cp * (_loss_slope(trial, ap, an) * zs).sum(0)
-        delta = t * wsw + 0.5 * t * t * sws + Cp * (_loss(trial, ap, an) - base).sum(0)
+        trial = torch.addcmul(m, zs, t)
+        slope_t = wsw + t * sws + C * _loss_slope(trial, state.ap, state.a).mul_(zs).sum(0)
+        delta = t * wsw + 0.5 * t * t * sws + C * (_loss(trial, state.ap, state.an) - base).sum(0)
         pending &= (slope_t > 0) & (delta > c1 * t * slope)
         if not bool(pending.any()):
             break
         t = torch.where(pending, t * 0.5, t)
     t = torch.where(pending, torch.zeros_like(t), t)  # no decrease at all: rounding floor, stay
-    return W + t * sw_, b + t * sb_, m + t * zs
+    state.W = W + t * sw_
+    state.b = state.b + t * sb_
+    m.addcmul_(zs, t)
 
 
-def _polish_intercept(b, m, ap, an, steps: int = 2):
-    """A few exact 1-D Newton steps on the intercept alone (elementwise work only).
+def _polish_intercept(state: _Active, steps: int = 2) -> None:
+    """A few exact 1-D Newton steps on the intercept alone (elementwise work only), in place.
 
     Its gradient sums the margin changes of every row, so it is the component a Newton step
     predicts worst; fixing it costs no GEMM.
     """
     for _ in range(steps):
-        r, D = _loss_derivatives(m, ap, an)
+        r, D = _loss_derivatives(state.m, state.ap, state.a)
         step = -r.sum(0) / D.sum(0)
-        b = b + step
-        m = m + step
-    return b, m
+        state.b = state.b + step
+        state.m += step

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 ArrayLike = np.ndarray | torch.Tensor
-_LEAD = 128  # leading rotated directions whose curvature block the preconditioner takes exactly
+_LEAD = 96  # leading rotated directions whose curvature block the preconditioner takes exactly
 _SMALL_GEMM = 2**24  # multiply-adds of a GEMM with every problem's column below which one thread is faster
 
 
@@ -605,13 +605,14 @@ def _orig_grad_max(basis: _Basis, gw: torch.Tensor, gb: torch.Tensor) -> torch.T
     return torch.maximum(g.abs().amax(0), gb.abs())
 
 
-def _pcg(basis: _Basis, D, state: _Active, gw, gb, eta, cg_max: int = 50):
+def _pcg(basis: _Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6):
     """Per-problem preconditioned CG on the Newton system with the intercept eliminated.
 
     The Hessian is ``[[A, c], [c^T, h]]`` with ``A = I + C Z^T D Z``, ``c = C Z^T D 1`` and
     ``h = C sum(D)``; CG runs on the Schur complement ``A - c c^T / h`` in the HVP dtype, and the
-    intercept step follows exactly. Returns the float64 step and ``Z s_w + s_b`` (accumulated
-    from CG's products, so it costs no GEMM).
+    intercept step follows exactly. Problems whose residual is small enough drop out of the
+    GEMMs (a few slow problems would otherwise keep every column iterating). Returns the float64
+    step and ``Z s_w + s_b`` (accumulated from CG's products, so it costs no GEMM).
     """
     Z = basis.Z
     dt = Z.dtype
@@ -622,23 +623,28 @@ def _pcg(basis: _Basis, D, state: _Active, gw, gb, eta, cg_max: int = 50):
     x = torch.zeros_like(c)
     zx = torch.zeros_like(D)
     r = (-gw + c.double() * (gb / h.double())).to(dt)
-    z = precond(r)
-    p = z.clone()
-    rz = (r * z).sum(0)
-    r0 = torch.sqrt((r * r).sum(0))
-    active = torch.ones_like(rz, dtype=torch.bool)
+    target = eta.to(dt) * torch.sqrt((r * r).sum(0))
+    idx = torch.arange(len(h), device=D.device)  # the problems still iterating
+    Da, ca, ha, Ca, ra = D, c, h, Cq, r
+    z = precond(ra, idx)
+    p = z
+    rz = (ra * z).sum(0)
     for _ in range(cg_max):
         q = Z @ p
-        Sp = p + Cq * (Z.T @ (D * q)) - c * ((c * p).sum(0) / h)
-        alpha = torch.where(active, rz / (p * Sp).sum(0), torch.zeros_like(rz))
-        x += alpha * p
-        zx += alpha * q
-        r -= alpha * Sp
-        active &= torch.sqrt((r * r).sum(0)) > eta.to(dt) * r0
-        if not bool(active.any()):
-            break
-        z = precond(r)
-        rz_new = (r * z).sum(0)
+        Sp = p + Ca * (Z.T @ (Da * q)) - ca * ((ca * p).sum(0) / ha)
+        alpha = rz / (p * Sp).sum(0)
+        x.index_add_(1, idx, alpha * p)
+        zx.index_add_(1, idx, alpha * q)
+        ra = ra - alpha * Sp
+        r[:, idx] = ra
+        going = torch.sqrt((ra * ra).sum(0)) > target[idx]
+        if not bool(going.all()):
+            if not bool(going.any()):
+                break
+            idx, p, rz, ra = idx[going], p[:, going], rz[going], ra[:, going]
+            Da, ca, ha, Ca = D[:, idx], c[:, idx], h[idx], Cq[idx]
+        z = precond(ra, idx)
+        rz_new = (ra * z).sum(0)
         p = z + (rz_new / rz) * p
         rz = rz_new
     x = x.double()
@@ -670,9 +676,10 @@ class _Preconditioner:
         S.diagonal(dim1=1, dim2=2).add_(torch.where(has[:, None], 1.0, self.diag[-k:].T))
         self.chol = torch.linalg.cholesky(S)
 
-    def __call__(self, r: torch.Tensor) -> torch.Tensor:
-        z = r / self.diag
-        z[-self.k :] = torch.cholesky_solve(r[-self.k :].T.unsqueeze(-1), self.chol).squeeze(-1).T
+    def __call__(self, r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Apply to the residuals ``r [d, len(idx)]`` of problems ``idx``."""
+        z = r / self.diag[:, idx]
+        z[-self.k :] = torch.cholesky_solve(r[-self.k :].T.unsqueeze(-1), self.chol[idx]).squeeze(-1).T
         return z
 
 

@@ -73,7 +73,7 @@ class CSelection:
     @property
     def best_C(self) -> torch.Tensor:
         """``[F, T]`` chosen C values."""
-        return torch.tensor(self.Cs, dtype=torch.float64)[self.best_index]
+        return torch.tensor(self.Cs, dtype=torch.float64, device=self.best_index.device)[self.best_index]
 
     def selected(self, metric: str = "f1_macro") -> torch.Tensor:
         """``[F, T]`` outer-fold score of the chosen C."""

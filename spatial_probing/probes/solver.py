@@ -7,22 +7,28 @@ a few GEMMs of the matrix with one column per problem; everything else is elemen
 
 Algorithm (truncated Newton, vectorised over problems):
 
+* Rows with identical features are merged (weights add up per label; VSR repeats captions and
+  images), which leaves every objective unchanged and halves the GEMMs on VSR.
 * Reparametrise once: centre the features (the intercept absorbs the shift, which decouples it
   from the weights) and rotate them into the eigenbasis of the centred Gram matrix
   ``Xc^T Xc = V diag(lam) V^T``. Rotation keeps ``||w||``, hence the objective. In the new basis
-  ``Z = Xc V`` the Hessian ``I + C Z^T D Z`` is close to ``I + C mean(D) diag(lam)``: the
-  per-problem diagonal preconditioner.
+  ``Z = Xc V`` the Hessian ``I + C Z^T D Z`` is close to ``I + C mean(D) diag(lam)``, except in
+  the leading directions: the preconditioner is that diagonal plus an exact leading block.
 * Newton system with the intercept eliminated exactly (Schur complement): its curvature is large
   and coupled to the weights, and left in the CG system it dominates the residual.
-* Per problem: preconditioned CG to a relative residual that tightens as the gradient shrinks
-  (inexact Newton), then its own backtracking line search (trial points are elementwise work:
-  margins are affine in the step and ``Z @ step`` is accumulated during CG), then a few exact 1-D
-  Newton steps on the intercept alone, whose gradient the quadratic model predicts worst.
-* Problems meeting the tolerance leave the working set.
-* Warm start: each (C, target) is first solved loosely on the union of its folds' training rows;
-  every fold starts from that answer (it differs from it by a fifth of the rows).
-* Mixed precision: Hessian-vector products (the bulk of the work) run in ``dtype``; gradients,
-  margins and line searches in float64, so the optimum is float64-accurate either way.
+* Per problem: at most a few preconditioned CG steps (to a relative residual that tightens as
+  the gradient shrinks; longer CG runs cost more than the extra Newton steps they save), then
+  its own backtracking line search (trial points are elementwise work: margins are affine in
+  the step), then a few exact 1-D Newton steps on the intercept alone, whose gradient the
+  quadratic model predicts worst.
+* Problems stream through a working set of fixed width: finished ones leave, queued ones enter.
+* Warm starts: each (C, target) is first solved loosely on the union of its folds' training rows;
+  every fold starts from that answer (a fifth of the rows away), or from a parent fold's answer
+  (nested CV: inner folds from their outer fold). The union answer also gives the leading
+  curvature blocks of the preconditioner.
+* Mixed precision: Hessian-vector products run in ``dtype``; margins, line searches and, for
+  tolerances below 1e-7, gradients and margin updates in float64, so the optimum is
+  float64-accurate either way.
 
 Stopping rule: scikit-learn's, ``max |grad| <= tol`` of the objective divided by ``C * sum(s_i)``
 (its ``gtol`` on its scaled loss), measured in the original coordinates.
@@ -38,7 +44,7 @@ import numpy as np
 import torch
 
 ArrayLike = np.ndarray | torch.Tensor
-_LEAD = 96  # leading rotated directions whose curvature block the preconditioner takes exactly
+_LEAD = 48  # leading rotated directions whose curvature block the preconditioner takes exactly
 _SMALL_GEMM = 2**24  # multiply-adds of a GEMM with every problem's column below which one thread is faster
 
 
@@ -243,7 +249,7 @@ class _Basis:
     lam: torch.Tensor  # [d] float64, eigenvalues of the count-weighted centred Gram matrix
     row_of: torch.Tensor  # [n] int64
     n_rows: int  # rows behind Z, with multiplicity
-    block: int = 512  # rows per float64 block product when Z is stored in lower precision
+    block: int  # rows per float64 block product when Z is stored in lower precision
 
     @classmethod
     def build(cls, X: ArrayLike, used: torch.Tensor, dtype: torch.dtype, block: int = 1024) -> _Basis:
@@ -364,20 +370,35 @@ def _sample_weights(
 
 
 def _label_weights(
-    Y: torch.Tensor, mask: torch.Tensor, sw: torch.Tensor, class_weight: str | None, t_idx: torch.Tensor
+    Y: torch.Tensor,
+    mask: torch.Tensor,
+    sw: torch.Tensor,
+    class_weight: str | None,
+    t_idx: torch.Tensor,
+    f_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row ``[n, P]`` float64 weights of positive rows and of negative rows (0 off the training rows).
 
-    ``mask [n, P]`` is each problem's training rows, ``t_idx [P]`` its target.
+    ``mask [n, P]`` is each problem's training rows, ``t_idx [P]`` its target, ``f_idx`` its fold
+    (for error messages).
     """
     pos = Y[:, t_idx] > 0
     a = sw[:, t_idx] * mask
     w_pos = a * pos
     w_neg = a - w_pos
     n_pos, n_neg = w_pos.sum(0), w_neg.sum(0)
-    if bool(((n_pos <= 0) | (n_neg <= 0)).any()):
-        bad = torch.nonzero((n_pos <= 0) | (n_neg <= 0)).squeeze(1).tolist()
-        raise ValueError(f"problems {bad} (of this chunk) have training rows of only one class")
+    one_class = (n_pos <= 0) | (n_neg <= 0)
+    if bool(one_class.any()):
+        where = (
+            [(int(f), int(t)) for f, t in zip(f_idx[one_class], t_idx[one_class], strict=True)]
+            if f_idx is not None
+            else []
+        )
+        raise ValueError(
+            f"{int(one_class.sum())} problem(s) have training rows (of positive weight) of only one class"
+            + (f": (fold, target) {where[:10]}" if where else "")
+            + "; drop those targets or use fewer folds"
+        )
     if class_weight == "balanced":
         # scikit-learn: weight_k = sum(sw) / (2 * sum(sw of class k)) over the rows it is fitted on.
         total = n_pos + n_neg
@@ -418,7 +439,7 @@ class _Problems:
         parts = []
         for j in range(0, len(idx), cols):
             f, t = self.f[idx[j : j + cols]], self.t[idx[j : j + cols]]
-            w_pos, w_neg = _label_weights(self.Y, self.mask[f, :, t].T, self.sw, self.class_weight, t)
+            w_pos, w_neg = _label_weights(self.Y, self.mask[f, :, t].T, self.sw, self.class_weight, t, f)
             parts.append((self.basis.merge(w_pos), self.basis.merge(w_neg)))
         return torch.cat([p for p, _ in parts], 1), torch.cat([q for _, q in parts], 1)
 

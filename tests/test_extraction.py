@@ -116,6 +116,14 @@ def test_corrupt_or_incompatible_entry_is_refused(tmp_path, minilm_dir):
         load_entry(entry_dir)
 
 
+def _probe_results(entry: Path, out: Path) -> str:
+    from spatial_probing.probes.fit_cli import run_fit
+
+    assert run_fit(["--data.features", f"[{entry}]", "--data.task", "caption_truth", "--data.n_splits", "3",
+                    "--trainer.logger", "false", "--trainer.accelerator", "cpu", "--out_dir", str(out)]) == 0
+    return (out / "results.csv").read_text().replace(str(entry), "")
+
+
 def _cli(root: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "spatial_probing.cli", "extract", *SCENES, "--feature_root", str(root), *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -136,6 +144,8 @@ def test_two_process_ddp_equals_one_process(tmp_path, minilm_dir, precision, ato
     assert two.meta["world_size"] == 2 and one.meta["world_size"] == 1
     assert one.rows.fingerprint == two.rows.fingerprint
     assert np.abs(np.asarray(one.features) - np.asarray(two.features)).max() <= atol
+    if precision == "32-true":  # ... and the probes fitted on them agree
+        assert _probe_results(one.path, tmp_path / "fit1") == _probe_results(two.path, tmp_path / "fit2")
     if precision == "bf16-mixed":  # bf16 features are near the float32 ones too
         ref = _cli(tmp_path / "ref", *CPU, "--model.encoder", f"sbert:{minilm_dir}")
         assert ref.returncode == 0

@@ -11,6 +11,7 @@ resolved config.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from typing import Literal
@@ -18,6 +19,9 @@ from typing import Literal
 from spatial_probing.errors import SpatialProbingError
 
 USAGE = __doc__
+# Idle OpenMP threads spinning for work made the probe solver 5-10x slower on shared CPUs; set before
+# torch is imported (the user's own setting wins).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # `args=` is how subcommands hand their argv to LightningCLI; sys.argv still holds the subcommand name
 # (the DDP launcher re-executes it), which LightningCLI would otherwise warn about on every run.
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")

@@ -26,7 +26,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -34,27 +33,28 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from spatial_probing.features.store import load_entry  # noqa: E402
 from spatial_probing.probes.folds import fold_masks, target_folds  # noqa: E402
 from spatial_probing.probes.metrics import fit_metrics, select_C  # noqa: E402
 from spatial_probing.probes.sklearn_ref import fit_sklearn  # noqa: E402
 from spatial_probing.probes.solver import fit_logreg, scaled_gradient_max  # noqa: E402
+from spatial_probing.probes.tasks import relation_type_task  # noqa: E402
 
-DEFAULT_FEATURES = os.environ.get("SPATIAL_PROBING_BENCH_FEATURES", "/tmp/mpnet_random_train")
+# the entry `spatial-probing extract --config configs/extract/sbert_mpnet.yaml` writes (any mpnet entry
+# of VSR random train under outputs/features), unless named with --features
+DEFAULT_FEATURES = os.environ.get("SPATIAL_PROBING_BENCH_FEATURES") or next(
+    (str(p.parent) for p in sorted(Path("outputs/features/vsr_random_train").glob("sbert_*mpnet*@text/*/meta.json"))),
+    "outputs/features/vsr_random_train")
 GRID = tuple(float(c) for c in np.logspace(-3, 3, 7))
 
 
 def load(entry: Path, min_count: int = 50) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """L2-normalised float32 features, one-vs-rest targets ``[n, T]`` and the relation names."""
-    feats = np.load(entry / "features.npy", mmap_mode="r")
-    relations = [json.loads(line)["relation"] for line in (entry / "rows.jsonl").read_text().splitlines()]
-    if len(relations) != feats.shape[0]:
-        raise SystemExit(f"{entry}: {feats.shape[0]} feature rows but {len(relations)} rows in rows.jsonl")
-    X = np.asarray(feats, dtype=np.float32)
-    X = X / np.linalg.norm(X, axis=1, keepdims=True)
-    counts = Counter(relations)
-    names = sorted(r for r, k in counts.items() if k >= min_count)
-    rel = np.asarray(relations)
-    return X, (rel[:, None] == np.asarray(names)[None, :]).astype(np.int8), names
+    cached = load_entry(entry)
+    task = relation_type_task(cached.rows, min_count=min_count)
+    X = np.array(cached.features, dtype=np.float32)  # a writable copy of the memory map
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X, task.targets, list(task.target_names)
 
 
 class PeakRSS:

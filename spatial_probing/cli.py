@@ -19,9 +19,6 @@ from typing import Literal
 from spatial_probing.errors import SpatialProbingError
 
 USAGE = __doc__
-# Idle OpenMP threads spinning for work made the probe solver 5-10x slower on shared CPUs; set before
-# torch is imported (the user's own setting wins).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # `args=` is how subcommands hand their argv to LightningCLI; sys.argv still holds the subcommand name
 # (the DDP launcher re-executes it), which LightningCLI would otherwise warn about on every run.
 warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -89,6 +86,10 @@ def run_list_encoders(args: list[str]) -> int:
 
 
 def run_fit(args: list[str]) -> int:
+    """Fit probes on cached features (LightningCLI ``fit``) and write the result files."""
+    # Idle OpenMP threads spinning for work made the probe solver 5-10x slower on shared CPUs. Set before
+    # torch is imported, for probing only (encoders keep the default policy); the user's setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from spatial_probing.probes.fit_cli import run_fit as fit
 
     return fit(args)

@@ -90,9 +90,9 @@ def fit_logreg(
     ``tol`` is scikit-learn's ``gtol`` (max abs gradient of the scaled objective); ``max_iter``
     bounds Newton steps. ``dtype`` is the precision of the Hessian-vector products (float32 is
     faster; the answer stays float64-accurate). ``max_problems`` bounds how many problems are
-    solved together (memory grows by a few ``[n, max_problems]`` arrays; by default about twice
-    the feature matrix). ``warm_start`` first solves each (C, target) loosely on the union of its
-    folds and starts every fold there; ``parents[f] = g`` instead starts fold f from fold g's
+    solved together (memory grows by ~20 ``[n, max_problems]`` float64 arrays; by default about
+    the size of the float32 feature matrix). ``warm_start`` first solves each (C, target) loosely
+    on the union of its folds and starts every fold there; ``parents[f] = g`` instead starts fold f from fold g's
     answer (g is solved first; nested CV: inner folds from their outer fold), -1 the union.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -104,9 +104,9 @@ def fit_logreg(
     d = basis.Z.shape[1]
     sw = _sample_weights(sample_weight, n, n_targets, dev)
     if max_problems is None:
-        # A problem's working set is ~12 float64 arrays over Z's rows: keep all of them within
-        # about twice the float32 feature matrix.
-        max_problems = max(16, (2 * n * d * 4) // (12 * 8 * basis.Z.shape[0]))
+        # A problem's working set is ~20 float64 arrays over Z's rows (measured: peak RSS of
+        # benchmarks/probe_memory.py): keep all of them within about the float32 feature matrix.
+        max_problems = max(16, (n * d * 4) // (20 * 8 * basis.Z.shape[0]))
     parents = _check_parents(parents, n_folds)
     shape = (n_folds, len(Cs), n_targets)
     res = _Solved(

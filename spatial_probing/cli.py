@@ -44,8 +44,7 @@ def run_extract(args: list[str]) -> int:
     from spatial_probing.features.runs import record_run, recorded_hit
 
     if (entry := recorded_hit(args)) is not None:
-        rows, dim = entry.features.shape
-        print(f"cache hit: {entry.path} ({rows} x {dim}, {entry.meta['key']['dtype']})")
+        print(f"cache hit: {entry.describe()}")
         return 0
 
     from lightning.pytorch.cli import LightningCLI

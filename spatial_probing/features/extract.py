@@ -44,7 +44,7 @@ def extract(
     key = cache_key(model, datamodule, dtype, trainer.precision)
     store.clean_stale(key)
     if not overwrite and (entry := store.lookup(key)) is not None:
-        print(f"cache hit: {entry.path} ({entry.features.shape[0]} x {entry.features.shape[1]}, {dtype})")
+        print(f"cache hit: {entry.describe()}")
         return entry
     if overwrite:
         store.discard(key)
@@ -70,13 +70,14 @@ def extract(
         "batch_size": datamodule.batch_size,
         "world_size": trainer.world_size,
     }
-    writer = FeatureWriter(store, key, datamodule.rows, parts, meta)
-    if not any(pending.values()):  # every shard survived a run killed during its merge
-        return store.finalize(key, datamodule.rows, parts, meta)
-    datamodule.attach(encoder, pending)
-    trainer.callbacks.append(writer)
-    trainer.predict(model, datamodule=datamodule, return_predictions=False)
-    if writer.entry is not None:
-        e = writer.entry
-        print(f"wrote {e.path} ({e.features.shape[0]} x {e.features.shape[1]}, {dtype}; {len(e.failures)} failed rows)")
-    return writer.entry
+    if any(pending.values()):
+        writer = FeatureWriter(store, key, datamodule.rows, parts, meta)
+        datamodule.attach(encoder, pending)
+        trainer.callbacks.append(writer)
+        trainer.predict(model, datamodule=datamodule, return_predictions=False)
+        entry = writer.entry
+    else:  # every shard survived a run killed during its merge: only the merge is left
+        entry = store.finalize(key, datamodule.rows, parts, meta)
+    if entry is not None:
+        print(f"wrote {entry.describe()}")
+    return entry

@@ -149,6 +149,11 @@ class FeatureEntry:
     def failures(self) -> list[dict]:
         return list(self.meta.get("failures", []))
 
+    def describe(self) -> str:
+        """``<path> (<rows> x <dim>, <dtype>; <k> failed rows)``, as the CLI reports an entry."""
+        n, dim = self.features.shape
+        return f"{self.path} ({n} x {dim}, {self.meta['key']['dtype']}; {len(self.failures)} failed rows)"
+
 
 def load_entry(path: str | Path, verify: bool = True, mmap: bool = True) -> FeatureEntry:
     """Open a complete entry; refuse partial, corrupt or incompatible ones with a CacheError."""

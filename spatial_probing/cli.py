@@ -27,10 +27,12 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 
 def _add_cache_options(parser) -> None:
     """The extraction options beside trainer/model/data."""
+    from spatial_probing.features.store import STORAGE_DTYPES
+
     parser.add_argument("--feature_root", type=str, default="outputs/features",
                         help="Root directory of the feature cache.")
-    # The choices of features.store.STORAGE_DTYPES, as a Literal: a bad value is refused while parsing.
-    parser.add_argument("--dtype", type=Literal["float32", "float16"], default="float32",
+    # A Literal of the store's dtypes: a bad value is refused while parsing, naming the option.
+    parser.add_argument("--dtype", type=Literal[STORAGE_DTYPES], default="float32",
                         help="Storage dtype of the cached features: float32 or float16.")
     parser.add_argument("--overwrite", type=bool, default=False,
                         help="Recompute even when a complete cache entry exists.")

@@ -27,14 +27,17 @@ def invocation_digest(args: list[str]) -> str | None:
     if _BYPASS.intersection(args) or any(a.startswith("--print_config") for a in args):
         return None
     digest = hashlib.sha256(json.dumps([__version__, os.getcwd(), args]).encode())
-    for i, arg in enumerate(args):
-        path = args[i + 1] if arg == "--config" and i + 1 < len(args) else arg.partition("=")[2] \
-            if arg.startswith("--config=") else None
-        if path is not None:
-            if not Path(path).is_file():
-                return None
-            digest.update(Path(path).read_bytes())
+    for path in _config_paths(args):
+        if not Path(path).is_file():
+            return None
+        digest.update(Path(path).read_bytes())
     return digest.hexdigest()
+
+
+def _config_paths(args: list[str]) -> list[str]:
+    """The files named by ``--config PATH``, then those named by ``--config=PATH``."""
+    paths = [value for flag, value in zip(args, args[1:], strict=False) if flag == "--config"]
+    return paths + [arg.partition("=")[2] for arg in args if arg.startswith("--config=")]
 
 
 def _record_path(digest: str) -> Path:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import io
-import os
 import struct
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +13,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from PIL import Image, UnidentifiedImageError
+
+from spatial_probing.io import atomic_write
 
 USER_AGENT = "spatial-probing/0.1 (+image fetch for probing experiments)"
 # Errors a decoder raises on damaged data; anything else is a bug and should surface as such.
@@ -80,7 +80,7 @@ class ImageSource:
         data = self._download(link)
         image = self._decode(data, link)
         if cached is not None:  # only a complete, decodable download is kept
-            _write_atomic(cached, data)
+            atomic_write(cached, data)
         return image
 
     def cache_path(self, link: str) -> Path | None:
@@ -143,16 +143,3 @@ class ImageSource:
             return image.convert("RGB")
         except _DECODE_ERRORS as exc:
             raise ImageLoadError("corrupt", f"{where}: {exc}") from exc
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a unique temporary file beside ``path`` and rename it, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

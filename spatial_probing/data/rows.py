@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from spatial_probing.errors import DataError
+from spatial_probing.io import atomic_path
 
 ROWS_FORMAT = 1
 
@@ -131,20 +130,14 @@ class SpatialRows:
         path = Path(path)
         header = {"format": ROWS_FORMAT, "name": self.name, "source": self.source, "n_rows": len(self),
                   "fingerprint": self.fingerprint, "extra_columns": sorted(self.extra)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(header, ensure_ascii=False) + "\n")
-                for i in range(len(self)):
-                    row = {"caption": self.captions[i], "relation": self.relations[i],
-                           "label": int(self.labels[i]), "image": self.images[i],
-                           "image_link": self.image_links[i],
-                           "extra": {k: v[i] for k, v in self.extra.items()}}
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(header, ensure_ascii=False) + "\n")
+            for i in range(len(self)):
+                row = {"caption": self.captions[i], "relation": self.relations[i],
+                       "label": int(self.labels[i]), "image": self.images[i],
+                       "image_link": self.image_links[i],
+                       "extra": {k: v[i] for k, v in self.extra.items()}}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
         return path
 
     @classmethod

@@ -17,6 +17,7 @@ from pathlib import Path
 from spatial_probing import __version__
 from spatial_probing.data.sources import cache_root, load_rows
 from spatial_probing.features.store import FeatureEntry, FeatureStore, make_key
+from spatial_probing.io import atomic_write
 
 #: Arguments that must always reach the full CLI.
 _BYPASS = {"--print_config", "--help", "-h", "--overwrite", "--overwrite=true", "--overwrite=True"}
@@ -52,10 +53,7 @@ def record_run(args: list[str], entry: FeatureEntry, data_args: dict, model: str
     key = entry.meta["key"]
     record = {"data": data_args, "model": model, "feature_root": feature_root, "key": key}
     path = _record_path(digest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(record, sort_keys=True))
 
 
 def recorded_hit(args: list[str]) -> FeatureEntry | None:

@@ -30,6 +30,7 @@ import numpy as np
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.data.sources import cache_root
 from spatial_probing.errors import CacheError
+from spatial_probing.io import atomic_path, atomic_write
 
 #: Bump when the on-disk layout or the meaning of a field changes; older entries are refused.
 FORMAT_VERSION = 1
@@ -56,7 +57,7 @@ def _file_digest(path: Path) -> str:
         return memo.read_text()
     digest = sha256_file(path)
     memo.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_save(memo, lambda tmp: tmp.write_text(digest))
+    atomic_write(memo, digest)
     return digest
 
 
@@ -184,13 +185,6 @@ def load_entry(path: str | Path, verify: bool = True, mmap: bool = True) -> Feat
     return FeatureEntry(path=path, features=features, valid=valid, rows=rows, meta=meta)
 
 
-def _atomic_save(path: Path, write) -> None:
-    """Write via a temp name in the same directory, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 class FeatureStore:
     """One cache root; hands out entry and shard locations for a key and merges shards into entries."""
 
@@ -224,7 +218,7 @@ class FeatureStore:
             shutil.rmtree(partial)
         partial.mkdir(parents=True, exist_ok=True)
         if not plan_path.is_file():
-            _atomic_save(plan_path, lambda tmp: tmp.write_text(json.dumps(plan, sort_keys=True)))
+            atomic_write(plan_path, json.dumps(plan, sort_keys=True))
         return partial
 
     @staticmethod
@@ -235,11 +229,8 @@ class FeatureStore:
     def write_shard(path: Path, indices: np.ndarray, features: np.ndarray, failures: list[dict]) -> None:
         """Save one batch's features with the row (or image) indices they belong to, atomically."""
 
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, indices=indices, features=features, failures=json.dumps(failures))
-
-        _atomic_save(path, write)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, indices=indices, features=features, failures=json.dumps(failures))
 
     @staticmethod
     def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:

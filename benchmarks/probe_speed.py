@@ -38,7 +38,7 @@ from spatial_probing.probes.folds import fold_masks, target_folds  # noqa: E402
 from spatial_probing.probes.metrics import fit_metrics, select_C  # noqa: E402
 from spatial_probing.probes.sklearn_ref import fit_sklearn  # noqa: E402
 from spatial_probing.probes.solver import fit_logreg, scaled_gradient_max  # noqa: E402
-from spatial_probing.probes.tasks import relation_type_task  # noqa: E402
+from spatial_probing.tasks.relation_type import RelationType  # noqa: E402
 
 # the entry `spatial-probing extract --config configs/extract/sbert_mpnet.yaml` writes (any mpnet entry
 # of VSR random train under outputs/features), unless named with --features
@@ -51,7 +51,7 @@ GRID = tuple(float(c) for c in np.logspace(-3, 3, 7))
 def load(entry: Path, min_count: int = 50) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """L2-normalised float32 features, one-vs-rest targets ``[n, T]`` and the relation names."""
     cached = load_entry(entry)
-    task = relation_type_task(cached.rows, min_count=min_count)
+    task = RelationType(min_count=min_count).build(cached.rows)
     X = np.array(cached.features, dtype=np.float32)  # a writable copy of the memory map
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     return X, task.targets, list(task.target_names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -18,10 +19,12 @@ from spatial_probing.errors import FeatureError, SpatialProbingError
 from spatial_probing.features.store import load_entry
 from spatial_probing.probes.fit_cli import run_fit
 from spatial_probing.probes.module import LinearProbe, ProbeDataModule, check_features, find_entries
+from spatial_probing.tasks.relation_type import RelationType
 
 
 def _datamodule(*paths, **kwargs) -> ProbeDataModule:
-    dm = ProbeDataModule(features=[str(p) for p in paths], min_count=20, **kwargs)
+    relations = kwargs.pop("relations", None)
+    dm = ProbeDataModule(features=[str(p) for p in paths], task=RelationType(min_count=20, relations=relations), **kwargs)
     dm.setup("fit")
     return dm
 
@@ -161,6 +164,16 @@ def test_several_entries_fit_in_one_run_with_prefixed_metrics(tmp_path):
     assert logged["toy:a@text/summary/f1_macro_std"].item() == pytest.approx(np.std(per_fold), abs=1e-6)
 
 
+def test_entries_of_two_datasets_are_refused_naming_them(tmp_path):
+    a = toy_entry(tmp_path, "a")
+    rows = toy_rows(per_relation=25)
+    b = write_entry(tmp_path / "b", replace(rows, name="toy/dev"), toy_features(rows))
+    with pytest.raises(FeatureError, match=r"2 datasets \(toy/dev: .*/b; toy/train: .*/a\).*--data.dataset"):
+        _datamodule(a, b)
+    df = _fit(_datamodule(a)).results()
+    assert set(df["dataset"]) == {"toy/train"} and set(df["entry"]) == {"a"}
+
+
 def test_find_entries_searches_the_root_and_filters_by_dataset(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "features"
@@ -180,8 +193,9 @@ def test_fast_dev_run_of_fit_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     entry = toy_entry(tmp_path)
     out = tmp_path / "out"
-    args = ["--data.features", f"[{entry}]", "--data.min_count", "20", "--out_dir", str(out),
+    args = ["--data.features", f"[{entry}]", "--data.task.min_count", "20", "--out_dir", str(out),
             "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu"]  # fmt: skip
     assert run_fit(args) == 0
-    assert (out / "results.csv").read_text().startswith("encoder,view,layer,task,target,fold,C,metric,value,")
+    assert (out / "results.csv").read_text().startswith(
+        "dataset,entry,storage_dtype,precision,encoder,view,layer,task,target,fold,C,metric,value,")
     assert run_fit(["--model.Cs", "oops"]) == 2  # a bad option is an argument error, not a traceback

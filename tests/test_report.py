@@ -30,7 +30,8 @@ def _frame() -> pd.DataFrame:
         ("openclip:ViT-B-32/openai@image", "above"): [0.3, 0.5],
     }
     rows = [
-        {"encoder": enc, "view": enc.rsplit("@", 1)[1], "layer": "final", "task": "relation_type", "target": target,
+        {"dataset": "vsr_random/train", "entry": f"key{enc[:4]}", "storage_dtype": "float32", "precision": "32-true",
+         "encoder": enc, "view": enc.rsplit("@", 1)[1], "layer": "final", "task": "relation_type", "target": target,
          "fold": fold, "C": 1.0, "metric": "f1_macro", "value": v, "solver": "sklearn", "n_train": 8, "n_test": 2}
         for (enc, target), folds in values.items() for fold, v in enumerate(folds)
     ]  # fmt: skip
@@ -54,6 +55,20 @@ def test_summary_std_is_over_fold_means():
     assert s.loc["openclip:ViT-B-32/openai@image", "n_targets"] == 2
 
 
+def test_two_entries_of_one_encoder_never_pool():
+    df = _frame()
+    sbert = df[df["encoder"].str.startswith("sbert")]
+    half = sbert.assign(entry="keyhalf", storage_dtype="float16", value=sbert["value"] / 2)
+    table = comparison_table(pd.concat([sbert, half], ignore_index=True))
+    assert list(table.columns) == ["sbert:all-mpnet-base-v2@text storage_dtype=float32",
+                                   "sbert:all-mpnet-base-v2@text storage_dtype=float16"]
+    np.testing.assert_allclose(table.loc["MEAN"].to_numpy(), [0.65, 0.325])
+    other_rows = sbert.assign(dataset="vsr_random/dev", entry="keydev", value=0.5)
+    table = comparison_table(pd.concat([sbert, other_rows], ignore_index=True))
+    assert list(table.columns) == ["sbert:all-mpnet-base-v2@text #keysbe", "sbert:all-mpnet-base-v2@text #keydev"]
+    assert summary(pd.concat([sbert, other_rows], ignore_index=True))["n_targets"].tolist() == [2, 2]
+
+
 def test_unselected_C_grid_becomes_separate_columns():
     df = _frame()
     grid = pd.concat([df, df.assign(C=100.0, value=df["value"] + 0.1)], ignore_index=True)
@@ -65,8 +80,10 @@ def test_write_results_is_sorted_and_fixed_format(tmp_path):
     df = _frame()
     written = write_results(df, tmp_path / "a")
     lines = written["results"].read_text().splitlines()
-    assert lines[0] == "encoder,view,layer,task,target,fold,C,metric,value,solver,n_train,n_test"
-    assert lines[1] == "openclip:ViT-B-32/openai@image,image,final,relation_type,above,0,1,f1_macro,0.300000,sklearn,8,2"
+    assert lines[0] == ("dataset,entry,storage_dtype,precision,encoder,view,layer,task,target,fold,C,metric,value,"
+                        "solver,n_train,n_test")
+    assert lines[1] == ("vsr_random/train,keyopen,float32,32-true,openclip:ViT-B-32/openai@image,image,final,"
+                        "relation_type,above,0,1,f1_macro,0.300000,sklearn,8,2")
     assert len(lines) == 9
     # the row order of the input does not matter for results.csv
     assert write_results(df.iloc[::-1], tmp_path / "b")["results"].read_bytes() == written["results"].read_bytes()
@@ -106,7 +123,7 @@ def _fit_args(tmp_path, out_name: str = "out", *extra: str) -> list[str]:
         features = toy_features(rows, signal=0.5, seed=1)
         features[~valid] = np.nan
         write_entry(entries / "b", rows, features, valid=valid, encoder="toy:b@image", view="image")
-    return ["--data.feature_root", str(entries), "--data.min_count", "20", "--out_dir", str(tmp_path / out_name),
+    return ["--data.feature_root", str(entries), "--data.task.min_count", "20", "--out_dir", str(tmp_path / out_name),
             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.errors import DataError
-from spatial_probing.probes.tasks import build_task, caption_truth_task, relation_type_task
+from spatial_probing.tasks.caption_truth import CaptionTruth
+from spatial_probing.tasks.relation_type import RelationType
 
 
 def _rows() -> SpatialRows:
@@ -24,7 +25,7 @@ def _rows() -> SpatialRows:
 
 
 def test_relation_type_orders_by_count_then_name_and_drops_rare():
-    task = relation_type_task(_rows(), min_count=2)
+    task = RelationType(min_count=2).build(_rows())
     assert task.target_names == ("above", "left of", "near")  # 3, 3 (tie: by name), 2; "on" has 1
     assert task.targets.dtype == np.int8
     assert task.targets[:, 1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0]
@@ -34,33 +35,54 @@ def test_relation_type_orders_by_count_then_name_and_drops_rare():
 
 
 def test_relation_filter_restricts_targets_and_rejects_unknown_or_rare():
-    assert relation_type_task(_rows(), min_count=2, relations=["near"]).target_names == ("near",)
+    assert RelationType(min_count=2, relations=["near"]).build(_rows()).target_names == ("near",)
     with pytest.raises(DataError, match="'lft of'"):
-        relation_type_task(_rows(), min_count=2, relations=["lft of"])
+        RelationType(min_count=2, relations=["lft of"]).build(_rows())
     with pytest.raises(DataError, match="fewer than min_count=2"):
-        relation_type_task(_rows(), min_count=2, relations=["on"])
+        RelationType(min_count=2, relations=["on"]).build(_rows())
 
 
 def test_caption_truth_is_the_label_masked_by_relation_filter():
-    task = caption_truth_task(_rows(), relations=["above", "on"])
+    task = CaptionTruth(relations=["above", "on"]).build(_rows())
     assert task.target_names == ("caption_truth",)
     assert task.targets[:, 0].tolist() == [1, 0, 1, 1, 1, 0, 0, 1, 0]
     assert task.row_mask[:, 0].tolist() == [False] * 3 + [True] * 3 + [False] * 2 + [True]
 
 
-def test_build_task_by_name_and_subset():
-    task = build_task("relation_type", _rows(), min_count=3)
+def test_subset_keeps_rows_and_captions():
+    task = RelationType(min_count=3).build(_rows())
     assert task.target_names == ("above", "left of")
     sub = task.subset(np.array([0, 3]))
     assert sub.targets.tolist() == [[0, 1], [1, 0]] and sub.groups.tolist() == [0, 2]
-    with pytest.raises(DataError, match="unknown probe task 'relation'"):
-        build_task("relation", _rows())
+    assert sub.captions == ("caption 0", "caption 3")
+
+
+def test_task_options_are_checked_and_name_the_option():
+    with pytest.raises(DataError, match="data.task.min_count must be >= 1"):
+        RelationType(min_count=0)
+    with pytest.raises(DataError, match="unknown relation.*'lft of'.*data.task.relations"):
+        CaptionTruth(relations=["lft of"]).build(_rows())
+
+
+def test_task_is_chosen_by_class_path_in_the_probe_config(tmp_path):
+    from jsonargparse import ArgumentParser
+
+    from spatial_probing.probes.module import ProbeDataModule
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(ProbeDataModule, "data")
+    cfg = parser.parse_args(["--data.task", "spatial_probing.tasks.caption_truth.CaptionTruth",
+                             "--data.task.relations", "[above]"])  # fmt: skip
+    init = parser.instantiate_classes(cfg)
+    assert isinstance(init.data.task, CaptionTruth) and init.data.task.relations == ["above"]
+    default = parser.instantiate_classes(parser.parse_args([]))
+    assert isinstance(default.data.task, RelationType) and default.data.task.min_count == 50
 
 
 def test_vsr_random_train_has_the_original_36_relations(vsr_dir):
     from spatial_probing.data.vsr import load_vsr
 
-    task = build_task("relation_type", load_vsr(str(vsr_dir / "random"), "train"), min_count=50)
+    task = RelationType(min_count=50).build(load_vsr(str(vsr_dir / "random"), "train"))
     assert task.n_targets == 36
     assert task.target_names[:3] == ("touching", "in front of", "behind")
     assert task.targets.sum(axis=0)[:3].tolist() == [884, 528, 498]

@@ -23,18 +23,28 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
+from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 
 from spatial_probing.errors import FeatureError
 from spatial_probing.features.store import FeatureEntry, load_entry
 from spatial_probing.probes import metrics, sklearn_ref, solver
 from spatial_probing.probes.folds import fold_masks, target_folds
-from spatial_probing.probes.tasks import TASKS, ProbeTask, build_task
-from spatial_probing.report.tables import RESULT_COLUMNS, results_frame, summary
+from spatial_probing.report.tables import (
+    IDENTITY_COLUMNS,
+    RESULT_COLUMNS,
+    entry_labels,
+    results_frame,
+    summary,
+)
+from spatial_probing.tasks.base import ProbeTask, Task
+from spatial_probing.tasks.relation_type import RelationType
 
 Solver = Literal["batched", "sklearn"]
 _SOLVERS = {"batched": solver.fit_logreg, "sklearn": sklearn_ref.fit_sklearn}
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: The first study's task; lazy so ``--print_config`` shows it as ``class_path``/``init_args``.
+DEFAULT_TASK = lazy_instance(RelationType)
 #: How many offending rows an error message lists.
 _SHOW_ROWS = 5
 # A probe has no torch optimizer by design (the solvers optimise); Lightning's hint about it is noise.
@@ -108,6 +118,19 @@ def check_features(entry: FeatureEntry, block: int = 8192) -> None:
         )
 
 
+def _check_one_dataset(entries: list[FeatureEntry]) -> None:
+    """Refuse to probe entries of several datasets together: their tables would pool different rows."""
+    by_dataset: dict[str, list[str]] = {}
+    for entry in entries:
+        by_dataset.setdefault(str(entry.meta.get("dataset", entry.rows.name)), []).append(str(entry.path))
+    if len(by_dataset) > 1:
+        listing = "; ".join(f"{name}: {', '.join(paths)}" for name, paths in sorted(by_dataset.items()))
+        raise FeatureError(
+            f"the entries found belong to {len(by_dataset)} datasets ({listing}); probe one dataset per run "
+            "with --data.dataset NAME or list its entries in --data.features"
+        )
+
+
 @dataclass
 class ProbeSet:
     """One cache entry prepared for probing; features stay in the (memory-mapped) entry until served."""
@@ -117,16 +140,25 @@ class ProbeSet:
     task: ProbeTask  # restricted to ``rows``
     train_mask: np.ndarray  # [F, len(rows), T]
     test_mask: np.ndarray  # [F, len(rows), T]
+    label: str = ""  # readable and distinct among the run's sets (`entry_labels`): W&B metric prefixes
 
     @property
     def info(self) -> dict[str, Any]:
-        """Identity and provenance of the set: travels in the batch and into the results tables."""
+        """Identity and provenance of the set: travels in the batch and into the results tables.
+
+        ``dataset``, ``entry`` (the cache key), ``storage_dtype`` and ``precision`` identify the cache
+        entry, so two entries of one encoder (two datasets, float32 and float16, ...) never pool.
+        """
         meta = self.entry.meta
+        key = meta.get("key", {})
         return {
+            "dataset": str(meta.get("dataset", self.entry.rows.name)),
+            "entry": self.entry.path.name,
+            "storage_dtype": str(key.get("dtype", "float32")),
+            "precision": str(key.get("precision", "")),
             "encoder": str(meta.get("encoder", self.entry.path.name)),
             "view": str(meta.get("view", "")),
             "layer": str(meta.get("layer", "final")),
-            "dataset": str(meta.get("dataset", self.entry.rows.name)),
             "path": str(self.entry.path),
             "task": self.task.name,
             "targets": list(self.task.target_names),
@@ -154,10 +186,11 @@ class ProbeDataModule(pl.LightningDataModule):
         features: cache entry directories, or directories searched for entries (relative to
             ``feature_root`` when set); empty: every entry under ``feature_root``.
         feature_root: the cache root (``spatial-probing extract --feature_root``).
-        dataset: keep only entries of this dataset (e.g. ``vsr_random/train``).
-        task: probe task name (``relation_type``, ``caption_truth``).
-        min_count: relations with fewer rows are not probed (relation_type).
-        relations: probe only these relations (None: all with ``min_count`` rows).
+        dataset: keep only entries of this dataset (e.g. ``vsr_random/train``); needed when the
+            entries found belong to several datasets (their results must not pool).
+        task: the probe task plug-in (``class_path``/``init_args``), e.g.
+            ``spatial_probing.tasks.relation_type.RelationType`` (default, ``min_count: 50``) or
+            ``spatial_probing.tasks.caption_truth.CaptionTruth``.
         n_splits: cross-validation folds (also the inner folds of C selection).
         seed: fold shuffling seed (scikit-learn's ``random_state``).
         folds: ``stratified`` per target (the original protocol) or ``grouped`` by image, so no
@@ -170,18 +203,15 @@ class ProbeDataModule(pl.LightningDataModule):
         features: list[str] | None = None,
         feature_root: str | None = None,
         dataset: str | None = None,
-        task: str = "relation_type",
-        min_count: int = 50,
-        relations: list[str] | None = None,
+        task: Task = DEFAULT_TASK,
         n_splits: int = 5,
         seed: int = 42,
         folds: Literal["stratified", "grouped"] = "stratified",
         normalize: bool = True,
     ) -> None:
         super().__init__()
-        if task not in TASKS:  # fail at config time, not after the entries are read
-            raise FeatureError(f"unknown probe task {task!r} (data.task); choose one of {sorted(TASKS)}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["task"])
+        self.task = task
         self.probe_sets: list[ProbeSet] = []
 
     def setup(self, stage: str | None = None) -> None:
@@ -190,12 +220,17 @@ class ProbeDataModule(pl.LightningDataModule):
             return
         hp = self.hparams
         paths = find_entries(list(hp.features or []), hp.feature_root, hp.dataset)
-        self.probe_sets = [self._prepare(load_entry(path)) for path in paths]
+        entries = [load_entry(path) for path in paths]
+        _check_one_dataset(entries)
+        self.probe_sets = [self._prepare(entry) for entry in entries]
+        labels = entry_labels(pd.DataFrame([ps.info for ps in self.probe_sets]))
+        for probe_set, label in zip(self.probe_sets, labels, strict=True):
+            probe_set.label = label
 
     def _prepare(self, entry: FeatureEntry) -> ProbeSet:
         hp = self.hparams
         check_features(entry)
-        task = build_task(hp.task, entry.rows, hp.min_count, hp.relations)
+        task = self.task.build(entry.rows)
         # Folds are drawn over all rows, then failed rows dropped: every encoder of one dataset gets
         # the same folds, so their scores stay paired even when some images failed.
         groups = task.groups if hp.folds == "grouped" else None
@@ -218,6 +253,7 @@ class ProbeDataModule(pl.LightningDataModule):
             "train_mask": torch.from_numpy(probe_set.train_mask),
             "test_mask": torch.from_numpy(probe_set.test_mask),
             "info": probe_set.info,
+            "label": probe_set.label,
             "n_sets": len(self.probe_sets),
             "protocol": {"n_splits": self.hparams.n_splits, "seed": self.hparams.seed},
         }
@@ -345,7 +381,7 @@ class LinearProbe(pl.LightningModule):
             C = C.gather(1, pick)
         frame = self._records(batch, scores, C, fit.solver)
         self.records.append(frame)
-        prefix = batch["info"]["encoder"].replace("/", "_") + "/" if batch["n_sets"] > 1 else ""
+        prefix = batch["label"].replace("/", "_") + "/" if batch["n_sets"] > 1 else ""
         self.log_dict(self._metric_dict(frame, prefix), on_step=False, on_epoch=True, batch_size=1)
 
     def _records(
@@ -361,7 +397,7 @@ class LinearProbe(pl.LightningModule):
             "n_train": n_train[fold, target], "n_test": n_test[fold, target],
         })  # fmt: skip
         frames = [base.assign(metric=name, value=v.double().cpu().numpy().ravel()) for name, v in scores.items()]
-        identity = {k: info[k] for k in ("encoder", "view", "layer", "task")}
+        identity = {k: info[k] for k in IDENTITY_COLUMNS}
         frame = pd.concat(frames, ignore_index=True).assign(**identity, solver=solver_name)
         return frame[list(RESULT_COLUMNS)]
 

@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+#: What identifies the cache entry (and the task) a result row came from.
+IDENTITY_COLUMNS = ("dataset", "entry", "storage_dtype", "precision", "encoder", "view", "layer", "task")
 RESULT_COLUMNS = (
-    "encoder", "view", "layer", "task", "target", "fold", "C", "metric", "value", "solver", "n_train", "n_test",
+    *IDENTITY_COLUMNS, "target", "fold", "C", "metric", "value", "solver", "n_train", "n_test",
 )  # fmt: skip
-#: Identify one probe set (one encoder entry fitted with one solver); C joins when a grid is unselected.
-PROBE_KEYS = ["encoder", "view", "layer", "task", "solver"]
-_SORT_KEYS = ["encoder", "view", "layer", "task", "solver", "target", "fold", "C", "metric"]
+#: Identify one probe set (one entry fitted with one solver); C joins when a grid is unselected.
+PROBE_KEYS = [*IDENTITY_COLUMNS, "solver"]
+_SORT_KEYS = [*PROBE_KEYS, "target", "fold", "C", "metric"]
 #: The first study's number: mean of the F1 of class 0 and class 1.
 HEADLINE_METRIC = "f1_macro"
 # a local model directory inside an encoder name, up to its last component
@@ -41,19 +43,32 @@ def short_encoder(encoder: str) -> str:
     return _LOCAL_PATH.sub("", encoder)
 
 
-def probe_labels(df: pd.DataFrame) -> pd.Series:
-    """A column name per row for cross-encoder tables: the (shortened) encoder, plus what varies.
+def entry_labels(df: pd.DataFrame) -> pd.Series:
+    """A readable name per row for the cache entry it came from, distinct per (dataset, entry).
 
-    View, layer, C and solver join the label only when they vary within one encoder. C counts as
-    varying only when a probe set has several C for the same target and fold (an unselected grid);
-    with inner-CV selection the chosen C differs between folds but is one probe.
+    The (shortened) encoder name, plus view and layer when they vary within one encoder, the storage
+    dtype when it varies, and the first characters of the entry key when two entries still share a label.
     """
     short = df["encoder"].map(short_encoder)
     # shortening must not merge two encoders that differ only in their directory
     label = short if short.nunique() == df["encoder"].nunique() else df["encoder"].astype(str)
-    for column in ("view", "layer"):
+    for column in ("view", "layer", "storage_dtype"):
         if df.groupby(label)[column].transform("nunique").gt(1).any():
             label = label + f" {column}=" + df[column].astype(str)
+    entry = df["dataset"].astype(str) + "/" + df["entry"].astype(str)
+    if df.assign(_entry=entry).groupby(label)["_entry"].transform("nunique").gt(1).any():
+        label = label + " #" + df["entry"].astype(str).str[:6]
+    return label
+
+
+def probe_labels(df: pd.DataFrame) -> pd.Series:
+    """A column name per row for cross-encoder tables: the entry's label (`entry_labels`), plus what varies.
+
+    C and solver join the label only when they vary within one entry. C counts as varying only when a
+    probe set has several C for the same target and fold (an unselected grid); with inner-CV selection
+    the chosen C differs between folds but is one probe.
+    """
+    label = entry_labels(df)
     n_c = df.groupby([*PROBE_KEYS, "target", "fold", "metric"])["C"].transform("nunique")
     label = label.where(n_c <= 1, label + " C=" + df["C"].map("{:g}".format))
     if df.groupby(label)["solver"].transform("nunique").gt(1).any():

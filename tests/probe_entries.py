@@ -42,22 +42,24 @@ def write_entry(
     rows: SpatialRows,
     features: np.ndarray,
     valid: np.ndarray | None = None,
-    encoder: str = "toy:enc@text",
+    encoder: str = "toy:enc",
     view: str = "text",
 ) -> Path:
-    """Write a complete entry (features, valid, rows, failures, meta with checksums) at ``path``."""
-    path.mkdir(parents=True)
+    """Write a complete entry (one part holding ``features``, valid, rows, failures, meta with checksums)."""
+    (path / "parts").mkdir(parents=True)
     valid = np.ones(len(features), dtype=bool) if valid is None else valid
     failures = [{"row": int(r), "image": rows.images[r], "reason": "not_found"} for r in np.flatnonzero(~valid)]
-    np.save(path / "features.npy", features)
+    np.save(path / "parts" / f"{view}.npy", features)
     np.save(path / "valid.npy", valid)
     rows.to_jsonl(path / "rows.jsonl")
     (path / "failures.jsonl").write_text("".join(json.dumps(f) + "\n" for f in failures))
-    files = ("features.npy", "valid.npy", "rows.jsonl", "failures.jsonl")
+    files = (f"parts/{view}.npy", "valid.npy", "rows.jsonl", "failures.jsonl")
     meta = {
         "key": {"encoder": encoder, "view": view, "dataset": rows.name, "format_version": FORMAT_VERSION},
         "encoder": encoder,
         "view": view,
+        "view_parts": [[view, [view]]],
+        "parts": {view: int(features.shape[1]) if features.ndim == 2 else 0},
         "dataset": rows.name,
         "failures": failures,
         "sha256": {name: sha256_file(path / name) for name in files},

@@ -6,7 +6,7 @@ CSVs) is tested in test_probe_module.py and test_report.py.
 56 fault cases (``FAULT_CASES``; ``test_fault_cases_are_documented`` keeps this list and the count in step).
 
 Resume: a run stopped at any point and rerun with the same command recomputes only what is missing
-and yields a features.npy byte-identical to an uninterrupted run's (``slow``: real subprocesses).
+and yields a feature file byte-identical to an uninterrupted run's (``slow``: real subprocesses).
     sigkill-mid-run (slow), sigkill-ddp-then-one-process (slow), crash-mid-run
 Shard damage left in ``<key>.partial/`` by a kill mid-write: recomputed, never read.
     stray-temp-shard, corrupt-shard, truncated-shard, empty-shard
@@ -152,7 +152,7 @@ def _shard_stats(partial: Path) -> dict[str, tuple[int, int]]:
 
 
 def _features_sha(root: Path) -> str:
-    return sha256_file(_only_entry(root) / "features.npy")
+    return sha256_file(_only_entry(root) / "parts" / "text.npy")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -270,7 +270,7 @@ def test_crash_mid_run_then_rerun_recomputes_only_missing_or_damaged_shards(
     assert set(spy.written) == {_shard(partial, i).name for i in range(N_ROWS // BATCH)} - intact
     assert damaged <= set(spy.written)
     assert {name: spy.at_merge[name] for name in intact} == {name: before[name] for name in intact}
-    assert _features_sha(root) == sha256_file(reference / "features.npy")
+    assert _features_sha(root) == sha256_file(reference / "parts" / "text.npy")
     assert not partial.exists()
 
 
@@ -295,7 +295,7 @@ def test_killed_before_merge_with_stale_tmp_dir_finalises_without_recomputing(
     assert f"resuming: {n_batches} of {n_batches} batches" in capsys.readouterr().out
     assert spy.written == [] and spy.at_merge == before
     assert not stale.exists() and not partial.exists()
-    assert _features_sha(root) == sha256_file(reference / "features.npy")
+    assert _features_sha(root) == sha256_file(reference / "parts" / "text.npy")
 
 
 def _copy_reference(reference: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -312,7 +312,7 @@ def test_killed_after_rename_is_a_cache_hit(tmp_path, tiny, minilm_dir, referenc
     capsys.readouterr()
     assert main(["extract", *_args(root, tiny, minilm_dir)]) == 0
     assert "cache hit" in capsys.readouterr().out
-    assert sha256_file(entry / "features.npy") == sha256_file(reference / "features.npy")
+    assert sha256_file(entry / "parts" / "text.npy") == sha256_file(reference / "parts" / "text.npy")
 
 
 def test_killed_during_delete_is_rebuilt(tmp_path, tiny, minilm_dir, reference, capsys):
@@ -324,7 +324,7 @@ def test_killed_during_delete_is_rebuilt(tmp_path, tiny, minilm_dir, reference, 
     assert main(["extract", *_args(root, tiny, minilm_dir)]) == 0
     assert "wrote" in capsys.readouterr().out
     assert load_entry(entry).features.shape == (N_ROWS, 384)
-    assert sha256_file(entry / "features.npy") == sha256_file(reference / "features.npy")
+    assert sha256_file(entry / "parts" / "text.npy") == sha256_file(reference / "parts" / "text.npy")
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,7 +419,7 @@ def test_sigkill_mid_run_resumes_to_the_same_bytes(tmp_path, minilm_dir, scenes_
     assert f"resuming: {left} of {n_batches} batches" in output
     assert len(at_merge) == n_batches
     assert {name: at_merge[name] for name in kept} == kept  # reused as they were, not rewritten
-    assert _features_sha(root) == sha256_file(scenes_reference / "features.npy")
+    assert _features_sha(root) == sha256_file(scenes_reference / "parts" / "text.npy")
 
 
 @pytest.mark.slow
@@ -535,8 +535,8 @@ def _old_format(entry: Path) -> None:
 #: case -> (damage to a complete entry, what the refusal must say)
 ENTRY_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "format-version-old": (_old_format, "written with cache format 0, this version reads format 1"),
-    "features-bytes-flipped": (lambda e: _flip_bytes(e / "features.npy"), "features.npy does not match the checksum"),
-    "features-truncated": (lambda e: _truncate(e / "features.npy"), "features.npy does not match the checksum"),
+    "features-bytes-flipped": (lambda e: _flip_bytes(e / "parts" / "text.npy"), "text.npy does not match the checksum"),
+    "features-truncated": (lambda e: _truncate(e / "parts" / "text.npy"), "text.npy does not match the checksum"),
     "valid-mask-edited": (lambda e: np.save(e / "valid.npy", np.zeros(N_ROWS, bool)), "valid.npy does not match"),
     "meta-json-corrupt": (lambda e: _truncate(e / "meta.json"), "meta.json is corrupt"),
 }
@@ -559,9 +559,9 @@ def test_damaged_or_incompatible_entry_is_refused(case, tmp_path, tiny, minilm_d
 
 def test_overwrite_rebuilds_a_damaged_entry(tmp_path, tiny, minilm_dir, reference):
     root, entry = _copy_reference(reference, tmp_path)
-    _flip_bytes(entry / "features.npy")
+    _flip_bytes(entry / "parts" / "text.npy")
     assert main(["extract", *_args(root, tiny, minilm_dir, "--overwrite", "true")]) == 0
-    assert sha256_file(entry / "features.npy") == sha256_file(reference / "features.npy")
+    assert sha256_file(entry / "parts" / "text.npy") == sha256_file(reference / "parts" / "text.npy")
 
 
 RUN_RECORD_CASES = ("run-record-corrupt", "run-record-entry-damaged", "run-record-entry-deleted")
@@ -579,13 +579,13 @@ def test_quick_cache_hit_path_never_hides_damage(tmp_path, tiny, minilm_dir, ref
     capsys.readouterr()
     assert main(["extract", *args]) == 0 and "cache hit" in capsys.readouterr().out
 
-    _flip_bytes(entry / "features.npy")  # run-record-entry-damaged: refused, as without a record
+    _flip_bytes(entry / "parts" / "text.npy")  # run-record-entry-damaged: refused, as without a record
     assert main(["extract", *args]) == 2
-    assert "features.npy does not match the checksum" in capsys.readouterr().err
+    assert "text.npy does not match the checksum" in capsys.readouterr().err
 
     shutil.rmtree(entry)  # run-record-entry-deleted: recomputed
     assert main(["extract", *args]) == 0 and "wrote" in capsys.readouterr().out
-    assert sha256_file(entry / "features.npy") == sha256_file(reference / "features.npy")
+    assert sha256_file(entry / "parts" / "text.npy") == sha256_file(reference / "parts" / "text.npy")
 
 
 # --------------------------------------------------------------------------------------------
@@ -680,7 +680,7 @@ def test_bad_input_after_a_partial_run_keeps_its_shards(tmp_path, tiny, minilm_d
         assert after == before, case
     assert main(["extract", *args]) == 0
     assert f"resuming: 3 of {N_ROWS // BATCH} batches" in capsys.readouterr().out
-    assert _features_sha(root) == sha256_file(reference / "features.npy")
+    assert _features_sha(root) == sha256_file(reference / "parts" / "text.npy")
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def _fit(dm: ProbeDataModule, **kwargs) -> LinearProbe:
 
 
 def _normalized(entry_path):
-    x = np.load(entry_path / "features.npy").astype(np.float64)
+    x = np.load(entry_path / "parts" / "text.npy").astype(np.float64)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -53,7 +53,7 @@ def test_nan_in_valid_rows_is_refused_naming_the_rows(tmp_path):
     with pytest.raises(FeatureError) as err:
         _datamodule(path)
     message = str(err.value)
-    assert "NaN/inf in 3 rows" in message and str(path / "features.npy") in message
+    assert "NaN/inf in 3 rows" in message and f"{path} (view text, layer final)" in message
     assert "3 ('The thing 3 is left of the other.')" in message and "41 (" in message and "57 (" in message
 
 
@@ -62,9 +62,9 @@ def test_row_count_mismatch_is_refused_naming_the_file(tmp_path):
     path = write_entry(tmp_path / "short", rows, toy_features(rows)[:-1], valid=np.ones(len(rows) - 1, bool))
     with pytest.raises(SpatialProbingError, match=str(path)):  # the store refuses it on load already
         _datamodule(path)
-    entry = load_entry(toy_entry(tmp_path, "ok"))
+    entry = load_entry(toy_entry(tmp_path, "ok")).view("text")
     entry.features = entry.features[:-2]
-    with pytest.raises(FeatureError, match=r"features\.npy has shape \(88, 8\).*has 90 rows"):
+    with pytest.raises(FeatureError, match=r"\(view text, layer final\) has shape \(88, 8\).*has 90 rows"):
         check_features(entry)
 
 
@@ -150,18 +150,18 @@ def test_select_C_picks_the_best_inner_cv_macro_f1(tmp_path):
 
 
 def test_several_entries_fit_in_one_run_with_prefixed_metrics(tmp_path):
-    a = toy_entry(tmp_path, "a", encoder="toy:a@text")
-    b = toy_entry(tmp_path, "b", signal=0.3, seed=1, encoder="toy:b/x@image", view="image")
+    a = toy_entry(tmp_path, "a", encoder="toy:a")
+    b = toy_entry(tmp_path, "b", signal=0.3, seed=1, encoder="toy:b/x", view="image")
     dm = _datamodule(a, b)
     model = _fit(dm)
     df = model.results()
-    assert list(df.drop_duplicates("encoder")["encoder"]) == ["toy:a@text", "toy:b/x@image"]
+    assert list(df.drop_duplicates("encoder")["encoder"]) == ["toy:a", "toy:b/x"]
     logged = model.trainer.callback_metrics
-    assert "toy:b_x@image/summary/f1_macro_mean" in logged
-    assert "toy:a@text/fold2/val/f1_macro/near" in logged
-    per_fold = df[(df.encoder == "toy:a@text") & (df.metric == "f1_macro")].groupby("fold")["value"].mean()
-    assert logged["toy:a@text/summary/f1_macro_mean"].item() == pytest.approx(per_fold.mean(), abs=1e-6)
-    assert logged["toy:a@text/summary/f1_macro_std"].item() == pytest.approx(np.std(per_fold), abs=1e-6)
+    assert "toy:b_x/summary/f1_macro_mean" in logged
+    assert "toy:a/fold2/val/f1_macro/near" in logged
+    per_fold = df[(df.encoder == "toy:a") & (df.metric == "f1_macro")].groupby("fold")["value"].mean()
+    assert logged["toy:a/summary/f1_macro_mean"].item() == pytest.approx(per_fold.mean(), abs=1e-6)
+    assert logged["toy:a/summary/f1_macro_std"].item() == pytest.approx(np.std(per_fold), abs=1e-6)
 
 
 def test_entries_of_two_datasets_are_refused_naming_them(tmp_path):

@@ -116,13 +116,13 @@ def test_html_report_has_heatmap_tolerance_note_and_exclusions():
 def _fit_args(tmp_path, out_name: str = "out", *extra: str) -> list[str]:
     entries = tmp_path / "features"
     if not entries.exists():
-        toy_entry(entries, "a", encoder="toy:a@text")
+        toy_entry(entries, "a", encoder="toy:a")
         rows = toy_rows()
         valid = np.ones(len(rows), dtype=bool)
         valid[[4, 5]] = False
         features = toy_features(rows, signal=0.5, seed=1)
         features[~valid] = np.nan
-        write_entry(entries / "b", rows, features, valid=valid, encoder="toy:b@image", view="image")
+        write_entry(entries / "b", rows, features, valid=valid, encoder="toy:b", view="image")
     return ["--data.feature_root", str(entries), "--data.task.min_count", "20", "--out_dir", str(tmp_path / out_name),
             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
 
@@ -140,7 +140,7 @@ def test_two_identical_fits_write_byte_identical_csvs(tmp_path, wandb_dir):
     for name in ("results.csv", "comparison.csv", "summary.csv"):
         assert (tmp_path / "run1" / name).read_bytes() == (tmp_path / "run2" / name).read_bytes()
     fits = pd.read_csv(tmp_path / "run1" / "fits.csv").set_index("encoder")
-    assert fits.loc["toy:b@image", "n_excluded"] == 2 and fits.loc["toy:a@text", "n_excluded"] == 0
+    assert fits.loc["toy:b", "n_excluded"] == 2 and fits.loc["toy:a", "n_excluded"] == 0
 
 
 def test_wandb_offline_run_holds_the_relation_table(tmp_path, wandb_dir, capsys):
@@ -148,11 +148,11 @@ def test_wandb_offline_run_holds_the_relation_table(tmp_path, wandb_dir, capsys)
     tables = list(wandb_dir.glob("offline-run-*/files/media/table/relations_*.table.json"))
     assert len(tables) == 1
     logged = json.loads(tables[0].read_text())
-    assert logged["columns"] == ["relation", "meta_category", "toy:a@text", "toy:b@image"]
+    assert logged["columns"] == ["relation", "meta_category", "toy:a", "toy:b"]
     comparison = pd.read_csv(tmp_path / "out" / "comparison.csv", index_col=0)
     by_relation = {row[0]: row for row in logged["data"]}
     assert by_relation["left of"][1] == "Projective" and by_relation["near"][1] == "Proximity"
-    assert by_relation["near"][3] == pytest.approx(comparison.loc["near", "toy:b@image"], abs=1e-6)
+    assert by_relation["near"][3] == pytest.approx(comparison.loc["near", "toy:b"], abs=1e-6)
     out = capsys.readouterr().out
     assert "MEAN" in out and f"W&B run: {tables[0].parents[3]}" in out
 
@@ -170,7 +170,7 @@ def test_wandb_failure_still_writes_results_and_says_where(tmp_path, wandb_dir, 
     with pytest.warns(UserWarning, match=f"Results are still written to {out}"):
         assert run_fit(_fit_args(tmp_path)) == 0
     results = pd.read_csv(out / "results.csv")
-    assert set(results["encoder"]) == {"toy:a@text", "toy:b@image"} and len(results) == 2 * 3 * 5 * 4
+    assert set(results["encoder"]) == {"toy:a", "toy:b"} and len(results) == 2 * 3 * 5 * 4
     assert f"every result is in {out}" in capsys.readouterr().out
     assert (out / "report.html").is_file()
 
@@ -184,8 +184,8 @@ def test_csv_and_tensorboard_loggers_are_selectable(tmp_path, wandb_dir, logger)
     assert (tmp_path / "out" / "results.csv").is_file() and not wandb_dir.exists()
     if logger == "CSVLogger":
         metrics = pd.read_csv(next(logs.rglob("metrics.csv")))
-        assert "toy:a@text/summary/f1_macro_mean" in metrics.columns
-        assert "toy:b@image/fold0/val/f1_macro/left of" in metrics.columns
+        assert "toy:a/summary/f1_macro_mean" in metrics.columns
+        assert "toy:b/fold0/val/f1_macro/left of" in metrics.columns
     else:
         assert next(logs.rglob("events.out.tfevents.*")).stat().st_size > 0
 

@@ -1,13 +1,15 @@
 """The frozen-encoder interface every adapter implements, and what the adapters share.
 
-An encoder exposes its two halves separately: ``encode_text`` gives the text part of the view
-(``text`` or ``text-pooled``), ``encode_image`` the image part. The ``concat`` view (text || image,
-``dim = text_dim + image_dim``) is assembled per row downstream, because the extraction encodes each
-unique image once and joins it to every row that shows it.
+An encoder has two streams, each encoded in one forward pass that returns every *part* it offers
+(``views.py`` defines parts and how views combine them): ``text_parts`` gives ``text`` (and, for
+transformers CLIP, ``text-pooled``), ``image_parts`` gives ``image``; with ``layers`` both add the
+pooled state of each requested layer (``text@6``). Parts are raw (not normalised): the feature cache
+normalises them, the views combine them. ``encode_text`` / ``encode_image`` return the part the
+spec's first view uses, for callers that want one tensor.
 
 Inputs are prepared off the model: ``preprocess_text`` at collate time (a batch of captions ->
-token tensors), ``preprocess_image`` at dataset time (one image -> ``[3, H, W]``). ``encode_*``
-expect those tensors already on the encoder's device and return float32 ``[B, dim]``.
+token tensors), ``preprocess_image`` at dataset time (one image -> ``[3, H, W]``). The encoders
+expect those tensors already on the encoder's device and return float32 ``[B, dim]`` per part.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from PIL import Image
 
 from spatial_probing.encoders.registry import EncoderSpec
+from spatial_probing.encoders.views import family_view
 from spatial_probing.errors import EncoderError
 
 T = TypeVar("T")
@@ -49,18 +52,32 @@ class Encoder(torch.nn.Module):
 
     @property
     def needs_text(self) -> bool:
-        """Whether the view has a text part."""
-        return self.spec.view != "image"
+        """Whether any of the spec's views has a text part."""
+        return any("text" in family_view(self.spec.family, v).streams for v in self.spec.views)
 
     @property
     def needs_image(self) -> bool:
-        """Whether the view has an image part."""
-        return self.spec.view in ("image", "concat")
+        """Whether any of the spec's views has an image part."""
+        return any("image" in family_view(self.spec.family, v).streams for v in self.spec.views)
+
+    @property
+    def text_part(self) -> str:
+        """The text part of the first view that has one (what ``encode_text`` returns)."""
+        for view in self.spec.views:
+            for part in family_view(self.spec.family, view).parts:
+                if part != "image":
+                    return part
+        return "text"
 
     @property
     def dim(self) -> int:
-        """Width of the view's feature row: text part, image part, or both for concat."""
-        return (self.text_dim if self.needs_text else 0) + ((self.image_dim or 0) if self.needs_image else 0)
+        """Width of the first view's feature row: text part, image part, or both for concat."""
+        streams = family_view(self.spec.family, self.spec.views[0]).streams
+        return (self.text_dim if "text" in streams else 0) + ((self.image_dim or 0) if "image" in streams else 0)
+
+    def n_layers(self, stream: str) -> int:
+        """Number of transformer blocks of a stream's tower (layer parts are 0 = embeddings .. N)."""
+        raise NotImplementedError
 
     def preprocess_text(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenise a batch of captions exactly as the underlying library does."""
@@ -70,13 +87,21 @@ class Encoder(torch.nn.Module):
         """Transform one RGB image into the ``[3, H, W]`` pixel tensor the image tower expects."""
         raise self._no_images()
 
-    def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Text features ``[B, text_dim]`` (float32) for the output of ``preprocess_text``."""
+    def text_parts(self, tokens: dict[str, torch.Tensor], layers: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+        """Every text part ``[B, d]`` (float32) of one forward pass, plus ``text@<l>`` for ``layers``."""
         raise NotImplementedError
 
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Image features ``[B, image_dim]`` (float32) for stacked ``preprocess_image`` outputs."""
+    def image_parts(self, pixels: torch.Tensor, layers: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+        """The image part ``[B, d]`` (float32) of one forward pass, plus ``image@<l>`` for ``layers``."""
         raise self._no_images()
+
+    def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Text features ``[B, text_dim]`` (float32, raw): the spec's text part."""
+        return self.text_parts(tokens)[self.text_part]
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image features ``[B, image_dim]`` (float32, raw) for stacked ``preprocess_image`` outputs."""
+        return self.image_parts(pixels)["image"]
 
     def preprocessing_settings(self) -> dict[str, Any]:
         """The tokeniser / transform / normalisation settings that change features (JSON-able)."""
@@ -91,6 +116,28 @@ class Encoder(torch.nn.Module):
         return EncoderError(
             f"encoder {self.spec} has no image tower (family {self.spec.family} is text-only)"
         )
+
+
+def check_layers(spec: EncoderSpec, stream: str, layers: Sequence[int], n_layers: int) -> None:
+    """Refuse layer numbers outside 0 (embeddings) .. n_layers (last block), naming the encoder."""
+    bad = [layer for layer in layers if not 0 <= layer <= n_layers]
+    if bad:
+        raise EncoderError(f"encoder {spec}: {stream} layers {bad} do not exist (layers 0..{n_layers})")
+
+
+def block_outputs(blocks: Sequence[torch.nn.Module], run: Callable[[], T]) -> tuple[T, list[torch.Tensor]]:
+    """Run ``run()`` and capture the input of the first block and the output of every block
+    (the hidden states 0..N of a tower, as transformers' ``output_hidden_states`` lists them)."""
+    states: list[torch.Tensor] = []
+    hooks = [blocks[0].register_forward_pre_hook(lambda m, args: states.append(args[0]))]
+    hooks += [b.register_forward_hook(lambda m, i, out: states.append(out[0] if isinstance(out, tuple) else out))
+              for b in blocks]
+    try:
+        result = run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return result, states
 
 
 @contextmanager

@@ -1,15 +1,19 @@
 """transformers CLIP adapter: ``hf-clip:<hub id or local dir>``.
 
-Views: ``text`` / ``image`` are the projected embeddings (``text_projection`` / ``visual_projection``
+Parts: ``text`` / ``image`` are the projected embeddings (``text_projection`` / ``visual_projection``
 of the pooled outputs), ``text-pooled`` the pre-projection pooled EOS state of the text transformer
-(what the first study used as "CLIP text"). Not L2-normalised (the probe normalises), so they equal
-open_clip's ``encode_text`` / ``encode_image`` for the same weights.
+(the first study's "CLIP text"); the text stream computes both in one pass. Parts are raw (the cache
+L2-normalises them), so they equal open_clip's ``encode_text`` / ``encode_image`` for the same weights.
+Layer ``l`` is ``hidden_states[l]`` at the EOS token (text; the token ``pooler_output`` uses) or the
+class token (image): before ``final_layer_norm`` / ``post_layernorm``, so ``text-pooled`` equals
+``final_layer_norm`` of the last layer's part, and ``image`` the projection of ``post_layernorm`` of it.
 Text is tokenised by the directory's CLIPTokenizer, padded to the full context (77), as CLIP was
 trained; images go through its CLIPImageProcessor (which resizes slightly differently from open_clip).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,6 +22,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenize
 
 from spatial_probing.encoders.base import (
     Encoder,
+    check_layers,
     hub_download_fix,
     hub_offline,
     load_or_explain,
@@ -41,9 +46,9 @@ class HFClipEncoder(Encoder):
         image_processor: CLIPImageProcessor,
     ) -> None:
         config = model.config
-        pooled = spec.view == "text-pooled"
-        text_dim = config.text_config.hidden_size if pooled else config.projection_dim
-        super().__init__(spec, text_dim=text_dim, image_dim=config.projection_dim)
+        super().__init__(spec, text_dim=config.projection_dim, image_dim=config.projection_dim)
+        if self.text_part == "text-pooled":
+            self.text_dim = config.text_config.hidden_size
         self.model = model
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -61,19 +66,33 @@ class HFClipEncoder(Encoder):
         """The CLIPImageProcessor's resize, centre crop and normalisation: ``[3, H, W]``."""
         return self.image_processor(images=img, return_tensors="pt")["pixel_values"][0]
 
-    @torch.no_grad()
-    def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pooled EOS state (``text-pooled``) or its projection (``text``, ``concat``)."""
-        pooled = self.model.text_model(**tokens).pooler_output
-        if self.spec.view == "text-pooled":
-            return pooled.float()
-        return self.model.text_projection(pooled).float()
+    def n_layers(self, stream: str) -> int:
+        config = self.model.config.text_config if stream == "text" else self.model.config.vision_config
+        return int(config.num_hidden_layers)
 
     @torch.no_grad()
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Projected class-token state of the vision transformer."""
-        pooled = self.model.vision_model(pixel_values=pixels).pooler_output
-        return self.model.visual_projection(pooled).float()
+    def text_parts(self, tokens: dict[str, torch.Tensor], layers: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+        """Pooled EOS state (``text-pooled``), its projection (``text``) and the EOS state of requested layers."""
+        check_layers(self.spec, "text", layers, self.n_layers("text"))
+        out = self.model.text_model(**tokens, output_hidden_states=bool(layers))
+        parts = {"text-pooled": out.pooler_output.float(), "text": self.model.text_projection(out.pooler_output).float()}
+        if layers:
+            eos = torch.arange(len(tokens["input_ids"])), self._eos_positions(tokens["input_ids"])
+            parts |= {f"text@{layer}": out.hidden_states[layer][eos].float() for layer in layers}
+        return parts
+
+    def _eos_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """The token ``CLIPTextModel`` pools: the first EOS (the highest id for configs with eos_token_id 2)."""
+        eos_id = self.model.text_model.eos_token_id
+        return ids.argmax(dim=-1) if eos_id == 2 else (ids == eos_id).int().argmax(dim=-1)
+
+    @torch.no_grad()
+    def image_parts(self, pixels: torch.Tensor, layers: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+        """Projected class-token state (``image``) and the class-token state of requested layers."""
+        check_layers(self.spec, "image", layers, self.n_layers("image"))
+        out = self.model.vision_model(pixel_values=pixels, output_hidden_states=bool(layers))
+        parts = {"image": self.model.visual_projection(out.pooler_output).float()}
+        return parts | {f"image@{layer}": out.hidden_states[layer][:, 0].float() for layer in layers}
 
     def preprocessing_settings(self) -> dict[str, Any]:
         """Tokenizer, padding/max length and the image processor's settings."""

@@ -2,31 +2,54 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 
 from spatial_probing.encoders.base import Encoder
 from spatial_probing.encoders.registry import EncoderSpec, create_encoder, parse_encoder
+from spatial_probing.encoders.views import needed_parts
+from spatial_probing.errors import EncoderError
 
 
 class FrozenEncoder(pl.LightningModule):
     """Encodes text batches (per row) and image batches (per unique image) with frozen weights.
 
+    Each stream is encoded once per batch and yields every part the requested views need (see
+    ``spatial_probing.encoders.views``), so text, image and concat of one encoder are one extraction.
+
     Args:
         encoder: registry name, e.g. ``sbert:sentence-transformers/all-mpnet-base-v2`` or
             ``openclip:ViT-B-32/openai`` (see ``spatial-probing list-encoders``).
-        view: which features a row gets: ``text``, ``image``, ``concat`` (text ‖ image) or, for
-            ``hf-clip``, ``text-pooled``; None takes the family's default.
+        view: the view(s) to extract in one pass: ``text``, ``image``, ``concat`` (L2(image) ‖ L2(text),
+            L2-normalised) or, for ``hf-clip``, ``text-pooled``; a list, a comma-separated string or
+            ``all``; None takes the family's default.
+        layers: also store the pooled state of these layers (0 = embeddings .. N = last block) of every
+            stream the views use, or ``all``; None: only the final output.
         random_init: same architecture with untrained weights, the control every probe needs.
     """
 
-    def __init__(self, encoder: str = "sbert:sentence-transformers/all-mpnet-base-v2", view: str | None = None,
-                 random_init: bool = False) -> None:
+    def __init__(
+        self,
+        encoder: str = "sbert:sentence-transformers/all-mpnet-base-v2",
+        view: str | list[str] | None = None,
+        layers: list[int] | Literal["all"] | None = None,
+        random_init: bool = False,
+    ) -> None:
         super().__init__()
         self.spec: EncoderSpec = parse_encoder(encoder, view=view, random_init=random_init)
+        if isinstance(layers, list) and any(not isinstance(layer, int) for layer in layers):
+            raise EncoderError(f"--model.layers must be `all` or a list of layer numbers, got {layers}")
+        self.layers = layers
         self.encoder: Encoder | None = None
+
+    @property
+    def layers_key(self) -> str:
+        """The requested layers as the cache key records them (``final``, ``all`` or ``0,6,12``)."""
+        if self.layers is None:
+            return "final"
+        return self.layers if isinstance(self.layers, str) else ",".join(str(layer) for layer in sorted(set(self.layers)))
 
     def build(self) -> Encoder:
         """Load the weights once (lazily, so a cache hit never pays for model loading)."""
@@ -35,22 +58,38 @@ class FrozenEncoder(pl.LightningModule):
             self.encoder.eval().requires_grad_(False)
         return self.encoder
 
+    def layer_numbers(self, stream: str) -> list[int]:
+        """The layers stored for ``stream``: none, the requested list, or 0..N of its tower for ``all``."""
+        if self.layers is None:
+            return []
+        if self.layers == "all":
+            return list(range(self.build().n_layers(stream) + 1))
+        return sorted(set(self.layers))
+
+    def parts(self) -> dict[str, list[str]]:
+        """Per stream, the parts this extraction stores (final parts of the views, then layer parts)."""
+        streams = ("text", "image")
+        return needed_parts(self.spec.family, self.spec.views, {s: self.layer_numbers(s) for s in streams})
+
     def configure_model(self) -> None:
         self.build()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         encoder = self.build()
-        if batch["stream"] == "text":
-            feats = encoder.encode_text(batch["tokens"])
+        stream = batch["stream"]
+        wanted = self.parts()[stream]
+        layers = self.layer_numbers(stream)
+        if stream == "text":
+            parts = encoder.text_parts(batch["tokens"], layers)
         elif batch["pixels"].shape[0]:
-            feats = encoder.encode_image(batch["pixels"])
+            parts = encoder.image_parts(batch["pixels"], layers)
         else:  # every image of this batch failed to load
-            feats = torch.empty(0, encoder.image_dim or 0)
+            parts = {}
         # Results leave the device per batch (as sentence-transformers does), in float32 whatever autocast did.
         return {
-            "stream": batch["stream"],
+            "stream": stream,
             "batch_id": int(batch["batch_id"]),
             "indices": batch["indices"].cpu(),
-            "features": feats.detach().float().cpu(),
+            "parts": {name: parts[name].detach().float().cpu() for name in wanted if name in parts},
             "failures": batch.get("failures", []),
         }

@@ -1,8 +1,9 @@
 """open_clip adapter: ``<arch>/<pretrained tag or checkpoint path>``.
 
-Features are ``model.encode_text`` / ``model.encode_image``: the projected embeddings, NOT
-L2-normalised (the first study's probe normalises at probe time; raw features keep that choice
-with the probe, and make open_clip and transformers comparable value for value).
+Parts are ``model.encode_text`` / ``model.encode_image``: the projected embeddings, raw (the cache
+L2-normalises them; raw parts make open_clip and transformers comparable value for value). Layer ``l``
+is the EOS-token (text: the argmax token, as open_clip pools) or class-token (image) state after block
+``l`` (0 = the input of the first block), before ``ln_final`` / ``ln_post`` and the projection.
 Tokenisation is ``open_clip.get_tokenizer(arch)``, the image transform the ``preprocess`` of
 ``create_model_and_transforms`` (with the pretrained tag's mean/std/interpolation).
 """
@@ -10,6 +11,7 @@ Tokenisation is ``open_clip.get_tokenizer(arch)``, the image transform the ``pre
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import open_clip
 import torch
 from PIL import Image
 
-from spatial_probing.encoders.base import Encoder, load_or_explain, seeded
+from spatial_probing.encoders.base import Encoder, block_outputs, check_layers, load_or_explain, seeded
 from spatial_probing.encoders.registry import EncoderSpec
 from spatial_probing.errors import EncoderError
 
@@ -44,15 +46,26 @@ class OpenClipEncoder(Encoder):
         """open_clip's eval transform (resize, centre crop, normalise)."""
         return self.preprocess(img)
 
-    @torch.no_grad()
-    def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Projected text embeddings (``model.encode_text``), not normalised."""
-        return self.model.encode_text(tokens["input_ids"]).float()
+    def n_layers(self, stream: str) -> int:
+        tower = self.model.transformer if stream == "text" else self.model.visual.transformer
+        return len(tower.resblocks)
 
     @torch.no_grad()
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Projected image embeddings (``model.encode_image``), not normalised."""
-        return self.model.encode_image(pixels).float()
+    def text_parts(self, tokens: dict[str, torch.Tensor], layers: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+        """Projected text embedding (``model.encode_text``) and the EOS state of each requested layer."""
+        check_layers(self.spec, "text", layers, self.n_layers("text"))
+        ids = tokens["input_ids"]
+        final, states = block_outputs(self.model.transformer.resblocks, lambda: self.model.encode_text(ids))
+        eos = torch.arange(len(ids), device=ids.device), ids.argmax(dim=1)
+        return {"text": final.float(), **{f"text@{layer}": states[layer][eos].float() for layer in layers}}
+
+    @torch.no_grad()
+    def image_parts(self, pixels: torch.Tensor, layers: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+        """Projected image embedding (``model.encode_image``) and the class-token state of each requested layer."""
+        check_layers(self.spec, "image", layers, self.n_layers("image"))
+        blocks = self.model.visual.transformer.resblocks
+        final, states = block_outputs(blocks, lambda: self.model.encode_image(pixels))
+        return {"image": final.float(), **{f"image@{layer}": states[layer][:, 0].float() for layer in layers}}
 
     def preprocessing_settings(self) -> dict[str, Any]:
         """Tokenizer class, context length, clean function; image size, mean/std, interpolation, resize."""

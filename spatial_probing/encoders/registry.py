@@ -2,15 +2,19 @@
 
 Grammar of a name (its canonical form is what ``str(spec)`` prints)::
 
-    <family>:<model>[@<view>][+random-init]
+    <family>:<model>[@<view>[,<view>...]][+random-init]
 
     sbert:sentence-transformers/all-mpnet-base-v2@text
     openclip:ViT-B-32/openai@concat
-    hf-clip:/models/clip-vit-base-patch32@text-pooled+random-init
+    hf-clip:/models/clip-vit-base-patch32@text-pooled,image,concat+random-init
 
 ``<model>`` may be empty (``sbert`` or ``sbert:``) for the family's default model, and ``@<view>``
-may be left out for the family's default view. The view is split off at the last ``@``, so a local
-path that itself contains ``@`` needs an explicit trailing ``@<view>``.
+may be left out for the family's default view. Several views (or ``all``) come from one extraction
+pass (see ``encoders/views.py`` for what each view is). The views are split off at the last ``@``, so
+a local path that itself contains ``@`` needs an explicit trailing ``@<view>``.
+
+``display_name(spec)`` is the short, honest name tables and W&B show (``sbert:all-MiniLM-L6-v2``,
+``openclip:ViT-B-32+random-init``): the canonical name stays in the cache key.
 
 Adapters are imported only when an encoder is created: listing or parsing names stays cheap.
 """
@@ -19,10 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spatial_probing.encoders.views import FAMILY_VIEWS, canonical_views
 from spatial_probing.errors import EncoderError
 
 if TYPE_CHECKING:
@@ -33,12 +41,20 @@ RANDOM_INIT_SUFFIX = "+random-init"
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """What identifies an encoder's features: library family, model, view and random-init flag."""
+    """What identifies an encoder's features: library family, model, view(s) and random-init flag.
+
+    ``view`` holds one view name or several, comma-separated in the family's order (``image,concat``).
+    """
 
     family: str
     model: str
     view: str
     random_init: bool = False
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The view names this spec extracts (one pass computes them all)."""
+        return tuple(self.view.split(","))
 
     def __str__(self) -> str:
         suffix = RANDOM_INIT_SUFFIX if self.random_init else ""
@@ -57,7 +73,6 @@ class _Family:
 
     name: str
     module: str
-    views: tuple[str, ...]  # the first one is the default
     default_model: str
     description: str
     examples: tuple[str, ...]
@@ -69,10 +84,9 @@ _FAMILIES: dict[str, _Family] = {
         _Family(
             name="sbert",
             module="sbert",
-            views=("text",),
             default_model="sentence-transformers/all-mpnet-base-v2",
             description=(
-                "sentence-transformers model (hub id or local dir): the model's pooling, then L2-normalised "
+                "sentence-transformers model (hub id or local dir): the model's pooling, L2-normalised "
                 "(= SentenceTransformer.encode(..., normalize_embeddings=True))."
             ),
             examples=(
@@ -83,11 +97,10 @@ _FAMILIES: dict[str, _Family] = {
         _Family(
             name="openclip",
             module="openclip",
-            views=("text", "image", "concat"),
             default_model="ViT-B-32/openai",
             description=(
                 "open_clip <arch>/<pretrained tag or checkpoint path>: projected encode_text / encode_image "
-                "embeddings, not normalised; concat = text || image."
+                "embeddings, L2-normalised; concat = L2([L2(image) || L2(text)])."
             ),
             examples=(
                 "openclip:ViT-B-32/openai@concat",
@@ -97,14 +110,17 @@ _FAMILIES: dict[str, _Family] = {
         _Family(
             name="hf-clip",
             module="hf_clip",
-            views=("text", "text-pooled", "image", "concat"),
             default_model="openai/clip-vit-base-patch32",
             description=(
                 "transformers CLIPModel (hub id or local dir): text / image = projected embeddings, "
-                "text-pooled = pre-projection EOS state of the text transformer (the first study's "
-                "'CLIP text'); not normalised; concat = text || image."
+                "text-pooled = pre-projection EOS state of the text transformer; each L2-normalised; "
+                "concat = L2([L2(image) || L2(text)]). text-pooled, image, concat are the first study's "
+                "'CLIP text', 'CLIP image', 'CLIP concat'."
             ),
-            examples=("hf-clip:openai/clip-vit-base-patch32@text-pooled", "hf-clip:/models/clip-b32@concat"),
+            examples=(
+                "hf-clip:openai/clip-vit-base-patch32@text-pooled,image,concat",
+                "hf-clip:/models/clip-b32@all",
+            ),
         ),
     )
 }
@@ -112,15 +128,22 @@ _FAMILIES: dict[str, _Family] = {
 
 def _unknown_family(name: str) -> EncoderError:
     return EncoderError(
-        f"unknown encoder {name!r}: names look like <family>:<model>[@view][+random-init] with family one of "
+        f"unknown encoder {name!r}: names look like <family>:<model>[@view[,view...]][+random-init] with family one of "
         f"{', '.join(_FAMILIES)}; run `spatial-probing list-encoders` for examples"
     )
 
 
-def parse_encoder(name: str, view: str | None = None, random_init: bool | None = None) -> EncoderSpec:
-    """Parse an encoder name; ``view`` / ``random_init=True`` fill in what the name leaves out.
+def _view_names(view: str | Sequence[str]) -> list[str]:
+    return [v.strip() for v in (view.split(",") if isinstance(view, str) else view)]
 
-    A view given both in the name and as an argument must agree.
+
+def parse_encoder(
+    name: str, view: str | Sequence[str] | None = None, random_init: bool | None = None
+) -> EncoderSpec:
+    """Parse an encoder name; ``view`` (a name, comma-separated names, a list, or ``all``) and
+    ``random_init=True`` fill in what the name leaves out.
+
+    Views given both in the name and as an argument must agree.
     """
     text = name.strip()
     named_random = text.endswith(RANDOM_INIT_SUFFIX)
@@ -130,20 +153,62 @@ def parse_encoder(name: str, view: str | None = None, random_init: bool | None =
     if family is None:
         raise _unknown_family(name)
     model, at, named_view = rest.rpartition("@") if "@" in rest else (rest, "", None)
-    if at and view is not None and named_view != view:
+    try:
+        named = canonical_views(family.name, _view_names(named_view)) if at else None
+        asked = canonical_views(family.name, _view_names(view)) if view is not None else None
+    except EncoderError as err:
+        raise EncoderError(f"encoder {name!r}: {err}") from None
+    if named is not None and asked is not None and named != asked:
         raise EncoderError(f"encoder {name!r} names view {named_view!r} but view {view!r} was also requested")
-    chosen_view = named_view if at else (view or family.views[0])
-    if chosen_view not in family.views:
-        raise EncoderError(
-            f"encoder {name!r}: view {chosen_view!r} is not supported by the {family.name} family "
-            f"(views: {', '.join(family.views)})"
-        )
+    chosen = named or asked or (FAMILY_VIEWS[family.name][0].name,)
     return EncoderSpec(
         family=family.name,
         model=model or family.default_model,
-        view=chosen_view,
+        view=",".join(chosen),
         random_init=named_random or bool(random_init),
     )
+
+
+def _readme_title(path: Path) -> str | None:
+    """The first ``# heading`` of a model card: the model's own name (hub cards carry it)."""
+    readme = path / "README.md"
+    if readme.is_file():
+        for line in readme.read_text(errors="replace").splitlines():
+            if line.startswith("# ") and line[2:].strip():
+                return line[2:].strip()
+    return None
+
+
+def _model_name(model: str) -> str:
+    """A short name of a hub id or local model: a local dir's model card title, else its last path part."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return _readme_title(path) or _config_name(path) or path.resolve().name
+    return model.rstrip("/").rpartition("/")[2]
+
+
+def _config_name(path: Path) -> str | None:
+    """``_name_or_path`` of a transformers config when it names this model (not a base it was tuned from)."""
+    config = path / "config.json"
+    if not config.is_file():
+        return None
+    name = str(json.loads(config.read_text()).get("_name_or_path") or "")
+    return name.rpartition("/")[2] if name and name.rpartition("/")[2] == path.resolve().name else None
+
+
+def display_name(spec: EncoderSpec) -> str:
+    """What tables, W&B and entry metadata call the encoder: family, short model name, random-init.
+
+    ``sbert:all-MiniLM-L6-v2`` (from the model card of a local directory), ``openclip:ViT-B-32/openai``,
+    ``openclip:ViT-B-32+random-init`` (a random-init model has no pretrained tag), ``hf-clip:clip-vit-base-patch32``.
+    The view is not part of it: it has its own column.
+    """
+    if spec.family == "openclip":
+        arch, _, weights = spec.model.partition("/")
+        model = arch if spec.random_init else f"{arch}/{Path(weights).name if '/' in weights else weights}"
+    else:
+        model = _model_name(spec.model)
+    return f"{spec.family}:{model}{RANDOM_INIT_SUFFIX if spec.random_init else ''}"
 
 
 def list_encoders() -> list[dict[str, Any]]:
@@ -155,8 +220,8 @@ def list_encoders() -> list[dict[str, Any]]:
         entry: dict[str, Any] = {
             "family": family.name,
             "description": family.description,
-            "views": list(family.views),
-            "default_view": family.views[0],
+            "views": [f"{v.name}: {v.description}" for v in FAMILY_VIEWS[family.name]],
+            "default_view": FAMILY_VIEWS[family.name][0].name,
             "default_model": family.default_model,
             "examples": list(family.examples),
             "random_init": f"append {RANDOM_INIT_SUFFIX} for the same architecture with seeded untrained weights",
@@ -169,7 +234,7 @@ def list_encoders() -> list[dict[str, Any]]:
 
 
 def create_encoder(
-    name: str, view: str | None = None, random_init: bool = False, device: str = "cpu"
+    name: str, view: str | Sequence[str] | None = None, random_init: bool = False, device: str = "cpu"
 ) -> Encoder:
     """Build the frozen (eval, no grad) encoder a name describes, on ``device``."""
     spec = parse_encoder(name, view=view, random_init=random_init)

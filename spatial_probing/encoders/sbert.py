@@ -1,18 +1,24 @@
 """sentence-transformers adapter: the model's own tokeniser and pooling, then L2-normalised.
 
-Features equal ``SentenceTransformer(model).encode(captions, normalize_embeddings=True)``.
+Features equal ``SentenceTransformer(model).encode(captions, normalize_embeddings=True)``. Layer
+``l`` (0 = embeddings) is the model's own pooling module applied to the token states of that layer;
+for a mean-pooling model with no module after pooling but ``Normalize`` (all-*-v2), the last layer,
+L2-normalised, is exactly the final embedding.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Pooling
 
 from spatial_probing.encoders.base import (
     Encoder,
+    check_layers,
     hub_download_fix,
     hub_offline,
     load_or_explain,
@@ -41,12 +47,32 @@ class SBertEncoder(Encoder):
         # preprocess() also returns non-tensor entries (the modality name); a batch carries tensors only.
         return {k: v for k, v in self.model.preprocess(texts).items() if isinstance(v, torch.Tensor)}
 
+    def n_layers(self, stream: str) -> int:
+        return int(self.model.transformers_model.config.num_hidden_layers)
+
     @torch.no_grad()
-    def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pooled sentence embeddings, L2-normalised (``normalize_embeddings=True`` semantics)."""
-        # forward() writes its outputs into the dict it is given: pass a copy, keep the batch intact.
-        pooled = self.model(dict(tokens))["sentence_embedding"]
-        return F.normalize(pooled.float(), dim=-1)
+    def text_parts(self, tokens: dict[str, torch.Tensor], layers: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+        """The pooled sentence embedding (``text``, L2-normalised) and the pooling of each requested layer."""
+        check_layers(self.spec, "text", layers, self.n_layers("text"))
+        config = self.model.transformers_model.config
+        saved, config.output_hidden_states = config.output_hidden_states, bool(layers)
+        try:
+            # forward() writes its outputs into the dict it is given: pass a copy, keep the batch intact.
+            features = self.model[0](dict(tokens))
+        finally:
+            config.output_hidden_states = saved
+        states = features.pop("all_layer_embeddings", ())
+        out = {"text": F.normalize(self._after_transformer(dict(features))["sentence_embedding"].float(), dim=-1)}
+        pooling = next(m for m in self.model if isinstance(m, Pooling))
+        for layer in layers:
+            pooled = pooling({**features, "token_embeddings": states[layer]})["sentence_embedding"]
+            out[f"text@{layer}"] = pooled.float()
+        return out
+
+    def _after_transformer(self, features: dict[str, Any]) -> dict[str, Any]:
+        for module in list(self.model)[1:]:
+            features = module(features)
+        return features
 
     def preprocessing_settings(self) -> dict[str, Any]:
         """Tokeniser, max length, the modules after the transformer (pooling etc.) and normalisation."""

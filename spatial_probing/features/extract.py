@@ -1,4 +1,8 @@
-"""One extraction: cache lookup, resume from finished shards, ``Trainer.predict``, one merge."""
+"""One extraction: cache lookup, resume from finished shards, ``Trainer.predict``, one merge.
+
+One extraction encodes each stream an encoder's views need once and stores every part the views
+(and requested layers) read, so ``--model.view [text-pooled,image,concat]`` is one pass, one entry.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import lightning.pytorch as pl
 from spatial_probing.data.datamodule import SpatialDataModule
 from spatial_probing.data.vsr import dataset_summary
 from spatial_probing.encoders.module import FrozenEncoder
+from spatial_probing.encoders.registry import display_name
+from spatial_probing.encoders.views import family_view
 from spatial_probing.features.store import CacheKey, FeatureEntry, FeatureStore, make_key
 from spatial_probing.features.writer import FeatureWriter
 
@@ -17,15 +23,10 @@ from spatial_probing.features.writer import FeatureWriter
 warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
 
 
-def view_parts(view: str) -> list[str]:
-    """The per-row streams a view concatenates, in order."""
-    return {"image": ["image"], "concat": ["text", "image"]}.get(view, ["text"])
-
-
 def cache_key(model: FrozenEncoder, datamodule: SpatialDataModule, dtype: str, precision: str) -> CacheKey:
     """The key of an extraction, computed without loading any weights (so cache hits are instant)."""
     spec = model.spec
-    return make_key(str(spec), spec.view, spec.model, datamodule.rows, dtype, str(precision))
+    return make_key(str(spec), spec.view, spec.model, datamodule.rows, dtype, str(precision), model.layers_key)
 
 
 def extract(
@@ -48,8 +49,8 @@ def extract(
         return entry
     if overwrite:
         store.discard(key)
-    parts = view_parts(model.spec.view)
     encoder = model.build()  # before any shard dir exists: a model that fails to load leaves nothing behind
+    parts = model.parts()  # stream -> parts its batches store
     partial = store.prepare_partial(key, datamodule.plan_signature())
     plans = {"text": datamodule.text_plan(), "image": datamodule.image_plan()}
     pending = {
@@ -58,15 +59,18 @@ def extract(
     done = sum(len(plans[s]) - len(pending[s]) for s in parts)
     if done:
         print(f"resuming: {done} of {sum(len(plans[s]) for s in parts)} batches already in {partial}")
+    spec = model.spec
     meta = {
-        "encoder": str(model.spec),
-        "view": model.spec.view,
+        "encoder": display_name(spec),
+        "spec": str(spec),
+        "family": spec.family,
+        "view": spec.view,
+        "view_parts": [[v, list(family_view(spec.family, v).parts)] for v in spec.views],
+        "layers": model.layers_key,
         "dataset": datamodule.rows.name,
         "split": datamodule.split,
         "dataset_summary": dataset_summary(datamodule.rows),
         "preprocessing_fingerprint": encoder.preprocessing_fingerprint(),
-        "text_dim": encoder.text_dim,
-        "image_dim": encoder.image_dim,
         "batch_size": datamodule.batch_size,
         "world_size": trainer.world_size,
     }

@@ -65,7 +65,8 @@ def recorded_hit(args: list[str]) -> FeatureEntry | None:
         record = json.loads(_record_path(digest).read_text())
         key = record["key"]
         rows = load_rows(**record["data"])
-        fresh = make_key(key["encoder"], key["view"], record["model"], rows, key["dtype"], key["precision"])
+        fresh = make_key(key["encoder"], key["view"], record["model"], rows, key["dtype"], key["precision"],
+                         key["layers"])
         if fresh.as_dict() != key:
             return None
         return FeatureStore(record["feature_root"]).lookup(fresh)

@@ -3,8 +3,13 @@
 Layout (CLIP_benchmark-style ``feature_root/<dataset>/<encoder>/``)::
 
     <root>/<dataset>/<encoder slug>/<key>/          complete entry; meta.json is written last
-        features.npy  valid.npy  rows.jsonl  failures.jsonl  meta.json
+        parts/<part>.npy  valid.npy  rows.jsonl  failures.jsonl  meta.json
     <root>/<dataset>/<encoder slug>/<key>.partial/  shards of an unfinished extraction (resume point)
+
+An entry holds the *parts* one extraction pass computed (``text``, ``image``, ``text-pooled``,
+``text@6``, ...; one row per dataset row, L2-normalised, NaN where the row's image failed). Its views
+are derived from the parts when read (``FeatureEntry.view`` / ``feature_sets``), by the one recipe in
+``spatial_probing.encoders.views``: text, image and concat of one encoder are one entry, not three.
 
 An entry directory only ever appears by ``os.rename`` of a fully written temp directory, and
 ``load_entry`` verifies the sha256 of every file against meta.json, so a killed run can never leave
@@ -22,6 +27,7 @@ import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 
@@ -29,13 +35,15 @@ import numpy as np
 
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.data.sources import cache_root
+from spatial_probing.encoders import views as view_recipes
 from spatial_probing.errors import CacheError
 from spatial_probing.io import atomic_path, atomic_write
 
 #: Bump when the on-disk layout or the meaning of a field changes; older entries are refused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STORAGE_DTYPES = ("float32", "float16")
-_ENTRY_FILES = ("features.npy", "valid.npy", "rows.jsonl", "failures.jsonl")
+_ENTRY_FILES = ("valid.npy", "rows.jsonl", "failures.jsonl")
+_PARTS_DIR = "parts"
 _LIBRARIES = ("spatial_probing", "torch", "lightning", "transformers", "open_clip_torch", "sentence-transformers")
 
 
@@ -92,12 +100,14 @@ class CacheKey:
     dtype: str
     precision: str
     model_source: str | None = None
+    layers: str = view_recipes.FINAL
     format_version: int = FORMAT_VERSION
 
     def as_dict(self) -> dict:
         return {
             "encoder": self.encoder,
             "view": self.view,
+            "layers": self.layers,
             "dataset": self.dataset,
             "fingerprint": self.fingerprint,
             "dtype": self.dtype,
@@ -112,12 +122,16 @@ class CacheKey:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def make_key(encoder: str, view: str, model: str, rows: SpatialRows, dtype: str, precision: str) -> CacheKey:
-    """The key of extracting ``rows`` with ``encoder`` (canonical spec string), computed without any weights."""
+def make_key(encoder: str, view: str, model: str, rows: SpatialRows, dtype: str, precision: str,
+             layers: str = view_recipes.FINAL) -> CacheKey:
+    """The key of extracting ``rows`` with ``encoder`` (canonical spec string), computed without any weights.
+
+    ``view`` is the spec's (comma-separated) views, ``layers`` the requested layers (``final``, ``all``, ``0,6``).
+    """
     if dtype not in STORAGE_DTYPES:
         raise CacheError(f"--dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
     return CacheKey(encoder=encoder, view=view, dataset=rows.name, fingerprint=rows.fingerprint, dtype=dtype,
-                    precision=precision, model_source=model_source_fingerprint(model))
+                    precision=precision, model_source=model_source_fingerprint(model), layers=layers)
 
 
 def _slug(text: str) -> str:
@@ -136,12 +150,20 @@ def _encoder_dirname(encoder: str) -> str:
     return _slug(f"{family}_{model}{at}{view}")
 
 
+def _part_file(name: str) -> str:
+    return f"{_PARTS_DIR}/{name}.npy"
+
+
 @dataclass
 class FeatureEntry:
-    """A complete cache entry: per-row features (possibly memory-mapped) with their rows and provenance."""
+    """A complete cache entry: the stored parts (possibly memory-mapped) with their rows and provenance.
+
+    ``view(name, layer)`` derives one feature set from the parts; ``feature_sets()`` lists every
+    (view, layer) set the entry offers; ``features`` is the first one's features (the entry's own view).
+    """
 
     path: Path
-    features: np.ndarray
+    parts: dict[str, np.ndarray]
     valid: np.ndarray
     rows: SpatialRows
     meta: dict
@@ -150,10 +172,83 @@ class FeatureEntry:
     def failures(self) -> list[dict]:
         return list(self.meta.get("failures", []))
 
+    @property
+    def recipes(self) -> dict[str, view_recipes.View]:
+        """The entry's views by name, as recorded at extraction (``meta["view_parts"]``), in order."""
+        return {name: view_recipes.View(name, tuple(parts), "") for name, parts in self.meta["view_parts"]}
+
+    def view(self, name: str, layer: str | int = view_recipes.FINAL) -> FeatureSet:
+        """The features of view ``name`` at ``layer`` (``final`` or a layer number), derived from the parts."""
+        if (name, str(layer)) not in self.offered():
+            offered = ", ".join(f"{v}[{lay}]" for v, lay in self.offered())
+            raise CacheError(f"{self.path} has no view {name!r} at layer {layer} (it holds {offered})")
+        return FeatureSet(entry=self, view=name, layer=str(layer))
+
+    def offered(self) -> list[tuple[str, str]]:
+        """The (view, layer) pairs this entry offers, final layers first."""
+        return view_recipes.feature_sets(list(self.recipes.values()), self.parts)
+
+    def feature_sets(self) -> list[FeatureSet]:
+        """Every (view, layer) feature set of the entry: what the probes iterate."""
+        return [FeatureSet(entry=self, view=v, layer=layer) for v, layer in self.offered()]
+
+    @property
+    def features(self) -> np.ndarray:
+        """The final-layer features of the entry's first view."""
+        return self.feature_sets()[0].features
+
     def describe(self) -> str:
-        """``<path> (<rows> x <dim>, <dtype>; <k> failed rows)``, as the CLI reports an entry."""
-        n, dim = self.features.shape
-        return f"{self.path} ({n} x {dim}, {self.meta['key']['dtype']}; {len(self.failures)} failed rows)"
+        """``<path> (<rows> rows: <view> <dim>, ...; <dtype>; <k> failed rows)``, as the CLI reports an entry."""
+        sets = self.feature_sets()
+        dims = ", ".join(f"{s.view} {s.dim}" for s in sets if s.layer == view_recipes.FINAL)
+        layers = [s.layer for s in sets if s.layer != view_recipes.FINAL]
+        depth = f"; layers {layers[0]}..{layers[-1]} and final" if layers else ""
+        return (f"{self.path} ({len(self.rows)} rows: {dims}{depth}; {self.meta['key']['dtype']}; "
+                f"{len(self.failures)} failed rows)")
+
+
+@dataclass
+class FeatureSet:
+    """One (view, layer) of an entry: what one probe set reads. Offers the entry's rows, valid mask and
+    provenance, with ``view`` and ``layer`` set in its ``meta``."""
+
+    entry: FeatureEntry
+    view: str
+    layer: str
+
+    @property
+    def _parts(self) -> list[np.ndarray]:
+        return [self.entry.parts[p] for p in self.entry.recipes[self.view].parts_at(self.layer)]
+
+    @property
+    def dim(self) -> int:
+        return sum(part.shape[1] for part in self._parts)
+
+    @cached_property
+    def features(self) -> np.ndarray:
+        """``[n_rows, dim]``: a one-part view is its stored (memory-mapped) part; others are combined in memory, once."""
+        parts = self._parts
+        return parts[0] if len(parts) == 1 else view_recipes.combine(parts)
+
+    @property
+    def path(self) -> Path:
+        return self.entry.path
+
+    @property
+    def rows(self) -> SpatialRows:
+        return self.entry.rows
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.entry.valid
+
+    @property
+    def failures(self) -> list[dict]:
+        return self.entry.failures
+
+    @property
+    def meta(self) -> dict:
+        return {**self.entry.meta, "view": self.view, "layer": self.layer}
 
 
 def load_entry(path: str | Path, verify: bool = True, mmap: bool = True) -> FeatureEntry:
@@ -172,17 +267,19 @@ def load_entry(path: str | Path, verify: bool = True, mmap: bool = True) -> Feat
             f"{path} was written with cache format {version}, this version reads format {FORMAT_VERSION}; "
             f"delete it (or use another --feature_root) and rerun the extraction"
         )
+    files = [*_ENTRY_FILES, *(_part_file(name) for name in meta.get("parts", {}))]
     if verify:
-        for name in _ENTRY_FILES:
+        for name in files:
             expected = meta["sha256"].get(name)
             if not (path / name).is_file() or sha256_file(path / name) != expected:
                 raise CacheError(f"{path / name} does not match the checksum in meta.json; delete {path} and rerun")
-    features = np.load(path / "features.npy", mmap_mode="r" if mmap else None)
+    parts = {name: np.load(path / _part_file(name), mmap_mode="r" if mmap else None) for name in meta["parts"]}
     valid = np.load(path / "valid.npy")
     rows = SpatialRows.from_jsonl(path / "rows.jsonl")
-    if features.shape[0] != len(rows) or valid.shape[0] != len(rows):
-        raise CacheError(f"{path}: features have {features.shape[0]} rows but rows.jsonl has {len(rows)}")
-    return FeatureEntry(path=path, features=features, valid=valid, rows=rows, meta=meta)
+    for name, part in parts.items():
+        if part.ndim != 2 or part.shape[0] != len(rows) or valid.shape != (len(rows),):
+            raise CacheError(f"{path / _part_file(name)} has shape {part.shape} but rows.jsonl has {len(rows)} rows")
+    return FeatureEntry(path=path, parts=parts, valid=valid, rows=rows, meta=meta)
 
 
 class FeatureStore:
@@ -226,18 +323,19 @@ class FeatureStore:
         return partial / f"{stream}-{batch_id:06d}.npz"
 
     @staticmethod
-    def write_shard(path: Path, indices: np.ndarray, features: np.ndarray, failures: list[dict]) -> None:
-        """Save one batch's features with the row (or image) indices they belong to, atomically."""
-
+    def write_shard(path: Path, indices: np.ndarray, parts: dict[str, np.ndarray], failures: list[dict]) -> None:
+        """Save one batch's parts with the row (or image) indices they belong to, atomically."""
+        arrays = {f"part:{name}": values for name, values in parts.items()}
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, indices=indices, features=features, failures=json.dumps(failures))
+            np.savez(handle, indices=indices, failures=json.dumps(failures), **arrays)
 
     @staticmethod
-    def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
-        """A shard's contents, or None when it is unreadable (it is then recomputed)."""
+    def read_shard(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict]] | None:
+        """A shard's contents (indices, parts, failures), or None when it is unreadable (it is then recomputed)."""
         try:
             with np.load(path) as data:
-                return data["indices"], data["features"], json.loads(str(data["failures"]))
+                parts = {key.partition(":")[2]: data[key] for key in data.files if key.startswith("part:")}
+                return data["indices"], parts, json.loads(str(data["failures"]))
         except Exception:  # noqa: BLE001 - any damage means "not done"; the batch is simply redone
             return None
 
@@ -251,20 +349,24 @@ class FeatureStore:
         return done
 
     # -- merge --------------------------------------------------------------------------------
-    def _gather(self, partial: Path, stream: str, n: int) -> tuple[np.ndarray | None, dict[int, str]]:
-        """Merge one stream's shards into an [n, d] array; duplicates (DDP padding) collapse by index."""
-        out: np.ndarray | None = None
+    def _gather(self, partial: Path, stream: str, n: int, names: list[str]) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+        """Merge one stream's shards into an [n, d] array per part; duplicates (DDP padding) collapse by index.
+
+        A part no batch produced (every image failed) is one NaN column: its rows are all invalid.
+        """
+        out: dict[str, np.ndarray] = {}
         seen = np.zeros(n, dtype=bool)
         failed: dict[int, str] = {}
         for path in sorted(partial.glob(f"{stream}-*.npz")):
             shard = self.read_shard(path)
             if shard is None:
                 raise CacheError(f"shard {path} is unreadable; rerun the same command to recompute it")
-            indices, feats, failures = shard
-            if out is None and feats.ndim == 2 and feats.shape[0]:
-                out = np.full((n, feats.shape[1]), np.nan, dtype=np.float32)
+            indices, parts, failures = shard
             if len(indices):
-                out[indices] = feats
+                for name in names:
+                    if name not in out:
+                        out[name] = np.full((n, parts[name].shape[1]), np.nan, dtype=np.float32)
+                    out[name][indices] = parts[name]
                 seen[indices] = True
             for failure in failures:
                 failed[int(failure["index"])] = failure["reason"]
@@ -272,51 +374,55 @@ class FeatureStore:
         missing = np.flatnonzero(~seen)
         if len(missing):
             raise CacheError(f"{stream} stream is missing {len(missing)} items (first: {missing[:5].tolist()}); rerun")
-        return out, failed
+        return {name: out.get(name, np.full((n, 1), np.nan, np.float32)) for name in names}, failed
 
-    def finalize(self, key: CacheKey, rows: SpatialRows, view_parts: Iterable[str], extra_meta: dict) -> FeatureEntry:
+    def finalize(self, key: CacheKey, rows: SpatialRows, parts: dict[str, list[str]], extra_meta: dict) -> FeatureEntry:
         """Merge the shards of ``key`` into a complete entry, atomically, then drop the shards.
 
-        ``view_parts`` are the streams the view concatenates per row, in order ("text", "image").
+        ``parts`` maps each stream ("text", "image") to the parts its shards hold. Every part is stored
+        per row, L2-normalised; rows whose image failed are NaN and invalid, never zero-filled.
         """
         partial = self.partial_dir(key)
         image_names, row_to_image = rows.unique_images()
-        parts, valid, failures = [], np.ones(len(rows), dtype=bool), []
-        for stream in view_parts:
+        merged, valid, failures = {}, np.ones(len(rows), dtype=bool), []
+        for stream, names in parts.items():
             if stream == "text":
-                feats, _ = self._gather(partial, "text", len(rows))
-                parts.append(feats)
+                feats, _ = self._gather(partial, "text", len(rows), names)
+                merged |= feats
                 continue
-            feats, failed = self._gather(partial, "image", len(image_names))
-            if feats is None:  # every image failed: keep the shape honest, all rows invalid
-                feats = np.full((len(image_names), int(extra_meta.get("image_dim") or 1)), np.nan, np.float32)
-            parts.append(feats[row_to_image])
+            feats, failed = self._gather(partial, "image", len(image_names), names)
+            merged |= {name: values[row_to_image] for name, values in feats.items()}
             failed_rows = np.isin(row_to_image, np.fromiter(failed, dtype=np.int64, count=len(failed)))
             valid &= ~failed_rows
             failures = [
                 {"row": int(r), "image": image_names[row_to_image[r]], "reason": failed[int(row_to_image[r])]}
                 for r in np.flatnonzero(failed_rows)
             ]
-        features = np.concatenate(parts, axis=1).astype(key.dtype)
-        features[~valid] = np.nan  # a failed image is never silently zero-filled
-        return self._publish(key, rows, features, valid, failures, extra_meta)
+        stored = {}
+        for name, values in merged.items():
+            values = view_recipes.l2_rows(values).astype(key.dtype)
+            values[~valid] = np.nan  # a failed image is never silently zero-filled
+            stored[name] = values
+        return self._publish(key, rows, stored, valid, failures, extra_meta)
 
-    def _publish(self, key, rows, features, valid, failures, extra_meta) -> FeatureEntry:
+    def _publish(self, key, rows, parts, valid, failures, extra_meta) -> FeatureEntry:
         final = self.entry_dir(key)
         tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        np.save(tmp / "features.npy", features)
+        (tmp / _PARTS_DIR).mkdir(parents=True)
+        for name, values in parts.items():
+            np.save(tmp / _part_file(name), values)
         np.save(tmp / "valid.npy", valid)
         rows.to_jsonl(tmp / "rows.jsonl")
         (tmp / "failures.jsonl").write_text("".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
         meta = {
             "key": key.as_dict(),
             "digest": key.digest,
-            "shape": list(features.shape),
+            "n_rows": len(rows),
+            "parts": {name: int(values.shape[1]) for name, values in parts.items()},
             "n_valid": int(valid.sum()),
             "failures": failures,
-            "sha256": {name: sha256_file(tmp / name) for name in _ENTRY_FILES},
+            "sha256": {name: sha256_file(tmp / name) for name in [*_ENTRY_FILES, *map(_part_file, parts)]},
             "versions": _library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **extra_meta,

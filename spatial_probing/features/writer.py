@@ -19,7 +19,9 @@ class FeatureWriter(BasePredictionWriter):
     padding, or a resumed run) lands on the same file with the same content.
     """
 
-    def __init__(self, store: FeatureStore, key: CacheKey, rows: SpatialRows, parts: list[str], meta: dict) -> None:
+    def __init__(
+        self, store: FeatureStore, key: CacheKey, rows: SpatialRows, parts: dict[str, list[str]], meta: dict
+    ) -> None:
         super().__init__(write_interval="batch")
         self.store, self.key, self.rows, self.parts, self.meta = store, key, rows, parts, meta
         self.partial = store.partial_dir(key)
@@ -39,7 +41,7 @@ class FeatureWriter(BasePredictionWriter):
         self.store.write_shard(
             path,
             prediction["indices"].numpy().astype(np.int64),
-            prediction["features"].numpy(),
+            {name: values.numpy() for name, values in prediction["parts"].items()},
             prediction["failures"],
         )
 

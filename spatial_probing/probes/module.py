@@ -27,7 +27,7 @@ from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 
 from spatial_probing.errors import FeatureError
-from spatial_probing.features.store import FeatureEntry, load_entry
+from spatial_probing.features.store import FeatureSet, load_entry
 from spatial_probing.probes import metrics, sklearn_ref, solver
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.report.tables import (
@@ -92,12 +92,12 @@ def _entry_dataset(path: Path) -> str | None:
     return json.loads((path / "meta.json").read_text()).get("dataset")
 
 
-def check_features(entry: FeatureEntry, block: int = 8192) -> None:
+def check_features(entry: FeatureSet, block: int = 8192) -> None:
     """Refuse features that cannot be probed: wrong shape, or NaN/inf in rows marked valid.
 
     The scan runs in row blocks so a memory-mapped matrix is never loaded whole.
     """
-    features_file = entry.path / "features.npy"
+    features_file = f"{entry.path} (view {entry.view}, layer {entry.layer})"
     n = len(entry.rows)
     if entry.features.ndim != 2 or entry.features.shape[0] != n or entry.valid.shape != (n,):
         raise FeatureError(
@@ -135,7 +135,7 @@ def _check_one_dataset(entries: list[FeatureEntry]) -> None:
 class ProbeSet:
     """One cache entry prepared for probing; features stay in the (memory-mapped) entry until served."""
 
-    entry: FeatureEntry
+    entry: FeatureSet
     rows: np.ndarray  # indices of the entry's valid rows, the only rows probed
     task: ProbeTask  # restricted to ``rows``
     train_mask: np.ndarray  # [F, len(rows), T]
@@ -222,12 +222,13 @@ class ProbeDataModule(pl.LightningDataModule):
         paths = find_entries(list(hp.features or []), hp.feature_root, hp.dataset)
         entries = [load_entry(path) for path in paths]
         _check_one_dataset(entries)
-        self.probe_sets = [self._prepare(entry) for entry in entries]
+        # each (view, layer) feature set of an entry is its own probe set
+        self.probe_sets = [self._prepare(fs) for entry in entries for fs in entry.feature_sets()]
         labels = entry_labels(pd.DataFrame([ps.info for ps in self.probe_sets]))
         for probe_set, label in zip(self.probe_sets, labels, strict=True):
             probe_set.label = label
 
-    def _prepare(self, entry: FeatureEntry) -> ProbeSet:
+    def _prepare(self, entry: FeatureSet) -> ProbeSet:
         hp = self.hparams
         check_features(entry)
         task = self.task.build(entry.rows)

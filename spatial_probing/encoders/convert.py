@@ -9,10 +9,17 @@ Mapping: attention ``in_proj`` is split into q/k/v; ``ln_1/ln_2`` -> ``layer_nor
 ``class_embedding``, ``conv1`` and positional embeddings copied; ``proj`` / ``text_projection``
 (``x @ P``) transposed into ``nn.Linear`` weights (``x @ W.T``); ``logit_scale`` copied; QuickGELU
 (OpenAI-trained variants) -> ``hidden_act="quick_gelu"``.
+
+Without network, ``python -m spatial_probing.encoders.convert OUT_DIR [--arch ViT-B-32]`` writes the
+set-up of a transformers CLIP directory (config, tokenizer, image processor; no weights) for an
+open_clip architecture: enough for ``hf-clip:OUT_DIR+random-init``, which is how ``make reproduce`` runs
+the first study's CLIP variants offline. With network or downloaded weights, pass
+``hf-clip:openai/clip-vit-base-patch32`` (or the downloaded directory) instead.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,7 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 from transformers.image_utils import PILImageResampling
 
+from spatial_probing.encoders.base import seeded
 from spatial_probing.errors import EncoderError
 
 # open_clip block parameter prefix -> transformers encoder-layer prefix (besides the split in_proj).
@@ -184,3 +192,29 @@ def export_hf_clip(
     _hf_tokenizer(tokenizer).save_pretrained(out)
     _hf_image_processor(open_clip.get_model_preprocess_cfg(model)).save_pretrained(out)
     return out
+
+
+def export_hf_clip_setup(arch: str, out_dir: str | Path) -> Path:
+    """Write config, tokenizer and image processor (no weights) of open_clip ``arch`` as a transformers
+    CLIP directory: what ``hf-clip:<dir>+random-init`` reads."""
+    with seeded():
+        model = open_clip.create_model(arch, pretrained=None)
+    out = Path(out_dir)
+    hf_clip_config(model).save_pretrained(out)
+    _hf_tokenizer(open_clip.get_tokenizer(arch)).save_pretrained(out)
+    _hf_image_processor(open_clip.get_model_preprocess_cfg(model)).save_pretrained(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m spatial_probing.encoders.convert OUT_DIR [--arch ViT-B-32]``: an offline hf-clip set-up."""
+    parser = argparse.ArgumentParser(description=export_hf_clip_setup.__doc__)
+    parser.add_argument("out_dir")
+    parser.add_argument("--arch", default="ViT-B-32-quickgelu", help="open_clip architecture (default: the "
+                        "OpenAI ViT-B/32 variant, QuickGELU, as openai/clip-vit-base-patch32)")
+    args = parser.parse_args(argv)
+    print(f"wrote {export_hf_clip_setup(args.arch, args.out_dir)} (config, tokenizer, image processor; no weights)")
+
+
+if __name__ == "__main__":
+    main()

@@ -220,7 +220,8 @@ def list_encoders() -> list[dict[str, Any]]:
         entry: dict[str, Any] = {
             "family": family.name,
             "description": family.description,
-            "views": [f"{v.name}: {v.description}" for v in FAMILY_VIEWS[family.name]],
+            "views": [v.name for v in FAMILY_VIEWS[family.name]],
+            "view_meanings": "; ".join(f"{v.name} = {v.description}" for v in FAMILY_VIEWS[family.name]),
             "default_view": FAMILY_VIEWS[family.name][0].name,
             "default_model": family.default_model,
             "examples": list(family.examples),

@@ -177,6 +177,11 @@ class FeatureEntry:
         """The entry's views by name, as recorded at extraction (``meta["view_parts"]``), in order."""
         return {name: view_recipes.View(name, tuple(parts), "") for name, parts in self.meta["view_parts"]}
 
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The entry's view names, in the order they were requested."""
+        return tuple(self.recipes)
+
     def view(self, name: str, layer: str | int = view_recipes.FINAL) -> FeatureSet:
         """The features of view ``name`` at ``layer`` (``final`` or a layer number), derived from the parts."""
         if (name, str(layer)) not in self.offered():

@@ -274,6 +274,20 @@ def test_text_pooled_is_the_pre_projection_eos_state(openclip_random: Encoder, h
     assert (got - expected).abs().max().item() <= 1e-4
 
 
+def test_openclip_and_hf_clip_layer_states_agree(openclip_random: Encoder, hf_clip: Encoder) -> None:
+    ours, theirs = openclip_random.preprocess_text(CAPTIONS), hf_clip.preprocess_text(CAPTIONS)
+    layers = [0, 6, 12]
+    a, b = openclip_random.text_parts(ours, layers), hf_clip.text_parts(theirs, layers)
+    pixels = _pixels()
+    c, d = openclip_random.image_parts(pixels, layers), hf_clip.image_parts(pixels, layers)
+    for layer in layers:
+        assert (a[f"text@{layer}"] - b[f"text@{layer}"]).abs().max().item() <= 1e-4
+        assert (c[f"image@{layer}"] - d[f"image@{layer}"]).abs().max().item() <= 1e-4
+    # the last layer's EOS state, after ln_final and the projection, is the final text embedding
+    projected = openclip_random.model.ln_final(a["text@12"]) @ openclip_random.model.text_projection
+    assert (projected - a["text"]).abs().max().item() <= 1e-5
+
+
 # --- random init ---------------------------------------------------------------------------------
 
 

@@ -52,6 +52,7 @@ def test_sbert_extraction_equals_encode_and_hits_cache(tmp_path, minilm_dir, cap
     cos = (np.asarray(entry.features) * expected).sum(1) / np.linalg.norm(entry.features, axis=1)
     assert cos.min() >= 0.9999
     assert entry.valid.all() and entry.meta["key"]["view"] == "text"
+    assert entry.meta["encoder"] == "sbert:all-MiniLM-L6-v2"  # the model card's name, not the directory "model"
     assert not list(root.rglob("*.partial"))  # shards are dropped once merged
 
     capsys.readouterr()
@@ -96,18 +97,20 @@ def test_concat_encodes_each_image_once_and_masks_failed_images(tmp_path):
     assert reasons[names[3]].startswith("not_found")
     # each unique image went through the encoder once: the image shards hold exactly one row per image
     assert entry.meta["n_valid"] == int((~bad).sum())
-    # rows sharing an image share its features; the text half differs with the caption
+    # rows sharing an image share its features (concat is image first); the text half differs with the caption
     same = np.flatnonzero(row_to_image == row_to_image[np.flatnonzero(~bad)[0]])
-    if len(same) > 1:
-        assert np.array_equal(entry.features[same[0], 512:], entry.features[same[1], 512:])
+    assert len(same) > 1
+    assert np.array_equal(entry.features[same[0], :512], entry.features[same[1], :512])
+    assert not np.array_equal(entry.features[same[0], 512:], entry.features[same[1], 512:])
+    assert entry.meta["encoder"] == "openclip:ViT-B-32+random-init"  # no pretrained tag on random weights
 
 
 def test_corrupt_or_incompatible_entry_is_refused(tmp_path, minilm_dir):
     entry_dir = _extract(tmp_path / "f", "--model.encoder", f"sbert:{minilm_dir}")
     meta = json.loads((entry_dir / "meta.json").read_text())
-    features = np.load(entry_dir / "features.npy")
+    features = np.load(entry_dir / "parts" / "text.npy")
     features[0, 0] += 1
-    np.save(entry_dir / "features.npy", features)
+    np.save(entry_dir / "parts" / "text.npy", features)
     with pytest.raises(CacheError, match="checksum"):
         load_entry(entry_dir)
     meta["key"]["format_version"] = 0

@@ -4,10 +4,14 @@ PIP ?= $(PYTHON) -m pip
 STAMP := .make/installed
 FEATURES ?= outputs/features
 # the full study: hub ids by default; pass local copies when offline, e.g.
-#   make reproduce VSR=../shared/vsr/random SBERT=sbert:$$HOME/.cache/spatial_probing/models/all-mpnet-base-v2
+#   make reproduce VSR=../shared/vsr/random SBERT=sbert:$$HOME/.cache/spatial_probing/models/all-mpnet-base-v2 \
+#     CLIP=hf-clip:$(CLIP_SETUP)+random-init
+# CLIP is the transformers CLIP whose text-pooled / image / concat views are the first study's variants;
+# hf-clip:$(CLIP_SETUP) (config, tokenizer, image processor, no weights) is written offline when named.
 VSR ?= cambridgeltl/vsr_random
 SBERT ?= sbert:sentence-transformers/all-mpnet-base-v2
-CLIP ?= openclip:ViT-B-32/openai
+CLIP ?= hf-clip:openai/clip-vit-base-patch32
+CLIP_SETUP := outputs/models/clip-vit-base-patch32
 IMAGES ?=
 TRAINER ?= configs/trainer/cpu.yaml
 export WANDB_MODE ?= offline
@@ -42,12 +46,13 @@ demo: $(STAMP) ## Offline: synthetic scenes -> MiniLM + random-init CLIP feature
 	spatial-probing extract --config configs/trainer/cpu.yaml --config configs/extract/demo_clip_random.yaml --feature_root $(FEATURES)
 	spatial-probing fit --config configs/probe/demo.yaml
 
-reproduce: $(STAMP) ## The original study: SBERT, CLIP text/image/concat on VSR random train; probes; table.
+$(CLIP_SETUP)/config.json:
+	$(PYTHON) -m spatial_probing.encoders.convert $(CLIP_SETUP)
+
+reproduce: $(STAMP) $(if $(findstring $(CLIP_SETUP),$(CLIP)),$(CLIP_SETUP)/config.json) ## The original study: SBERT, CLIP text/image/concat (one pass) on VSR random train; probes; table.
 	spatial-probing extract --config $(TRAINER) --config configs/extract/sbert_mpnet.yaml --model.encoder $(SBERT) --data.dataset $(VSR) --feature_root $(FEATURES)
-	for v in text image concat; do \
-	  spatial-probing extract --config $(TRAINER) --config configs/extract/clip_vitb32_$$v.yaml --model.encoder $(CLIP) \
-	    --data.dataset $(VSR) $(if $(IMAGES),--data.image_root $(IMAGES)) --feature_root $(FEATURES) || exit 1; \
-	done
+	spatial-probing extract --config $(TRAINER) --config configs/extract/clip_vitb32.yaml --model.encoder $(CLIP) \
+	  --data.dataset $(VSR) $(if $(IMAGES),--data.image_root $(IMAGES)) --feature_root $(FEATURES)
 	spatial-probing fit --config configs/probe/original_protocol.yaml --data.feature_root $(FEATURES)
 
 clean: ## Remove outputs (not the model or image caches under ~/.cache/spatial_probing).

@@ -29,11 +29,12 @@ def test_list_encoders_names_every_family(capsys):
 def test_extract_print_config_composes_configs_and_overrides(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["extract", "--config", str(REPO / "configs/trainer/multi_gpu_ddp.yaml"),
-              "--config", str(REPO / "configs/extract/clip_vitb32_concat.yaml"),
+              "--config", str(REPO / "configs/extract/clip_vitb32.yaml"),
               "--data.batch_size", "128", "--print_config"])
     assert exit_info.value.code == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["trainer"]["strategy"] == "ddp" and config["trainer"]["precision"] == "bf16-mixed"
-    assert config["model"] == {"encoder": "openclip:ViT-B-32/openai", "view": "concat", "random_init": False}
+    assert config["model"] == {"encoder": "hf-clip:openai/clip-vit-base-patch32",
+                               "view": ["text-pooled", "image", "concat"], "layers": None, "random_init": False}
     assert config["data"]["batch_size"] == 128 and config["data"]["dataset"] == "cambridgeltl/vsr_random"
     assert config["feature_root"] == "outputs/features"

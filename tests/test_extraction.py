@@ -86,12 +86,16 @@ def test_concat_encodes_each_image_once_and_masks_failed_images(tmp_path):
     (images_dir / names[3]).unlink()  # missing
 
     root = tmp_path / "features"
-    entry = load_entry(_extract(root, "--model.encoder", "openclip:ViT-B-32/openai", "--model.view", "concat",
+    entry = load_entry(_extract(root, "--model.encoder", "openclip:ViT-B-32/openai", "--model.view", "concat,text",
                                 "--model.random_init", "true"))
-    assert entry.features.shape == (len(dm.rows), 512 + 512)
+    concat = entry.view("concat").features
+    assert entry.views == ("text", "concat") and concat.shape == (len(dm.rows), 512 + 512)
+    text = entry.view("text")  # same pass: a text view loses no row to a failed image
+    assert text.valid.all() and np.isfinite(text.features).all() and text.failures == []
+    assert (entry.view("concat").valid == entry.valid).all()
     bad = np.isin(row_to_image, [0, 1, 3])
     assert (~entry.valid == bad).all()
-    assert np.isnan(entry.features[bad]).all() and np.isfinite(entry.features[~bad]).all()
+    assert np.isnan(concat[bad]).all() and np.isfinite(concat[~bad]).all()
     reasons = {f["image"]: f["reason"] for f in entry.failures}
     assert set(reasons) == {names[0], names[1], names[3]}
     assert reasons[names[3]].startswith("not_found")
@@ -100,8 +104,8 @@ def test_concat_encodes_each_image_once_and_masks_failed_images(tmp_path):
     # rows sharing an image share its features (concat is image first); the text half differs with the caption
     same = np.flatnonzero(row_to_image == row_to_image[np.flatnonzero(~bad)[0]])
     assert len(same) > 1
-    assert np.array_equal(entry.features[same[0], :512], entry.features[same[1], :512])
-    assert not np.array_equal(entry.features[same[0], 512:], entry.features[same[1], 512:])
+    assert np.array_equal(concat[same[0], :512], concat[same[1], :512])
+    assert not np.array_equal(concat[same[0], 512:], concat[same[1], 512:])
     assert entry.meta["encoder"] == "openclip:ViT-B-32+random-init"  # no pretrained tag on random weights
 
 

@@ -74,7 +74,7 @@ def test_failed_rows_are_excluded_and_counted(tmp_path):
     valid = np.ones(len(rows), dtype=bool)
     valid[[0, 1, 50]] = False
     features[~valid] = np.nan  # as the store writes failed images
-    dm = _datamodule(write_entry(tmp_path / "img", rows, features, valid=valid))
+    dm = _datamodule(write_entry(tmp_path / "img", rows, features, valid=valid, view="image"))
     probe_set = dm.probe_sets[0]
     assert probe_set.info["n_excluded"] == 3 and probe_set.rows.tolist() == [r for r in range(90) if valid[r]]
     batch = dm.batch(0)

@@ -164,7 +164,7 @@ class FeatureEntry:
 
     path: Path
     parts: dict[str, np.ndarray]
-    valid: np.ndarray
+    valid: np.ndarray  # rows whose image loaded (all rows when the entry has no image part)
     rows: SpatialRows
     meta: dict
 
@@ -244,12 +244,17 @@ class FeatureSet:
         return self.entry.rows
 
     @property
+    def _has_image(self) -> bool:
+        return "image" in self.entry.recipes[self.view].streams
+
+    @property
     def valid(self) -> np.ndarray:
-        return self.entry.valid
+        """Rows with features: a view with an image part loses the rows whose image failed, a text view none."""
+        return self.entry.valid if self._has_image else np.ones_like(self.entry.valid)
 
     @property
     def failures(self) -> list[dict]:
-        return self.entry.failures
+        return self.entry.failures if self._has_image else []
 
     @property
     def meta(self) -> dict:
@@ -406,7 +411,8 @@ class FeatureStore:
         stored = {}
         for name, values in merged.items():
             values = view_recipes.l2_rows(values).astype(key.dtype)
-            values[~valid] = np.nan  # a failed image is never silently zero-filled
+            if name in parts.get("image", ()):
+                values[~valid] = np.nan  # a failed image is never silently zero-filled
             stored[name] = values
         return self._publish(key, rows, stored, valid, failures, extra_meta)
 

@@ -222,8 +222,13 @@ class ProbeDataModule(pl.LightningDataModule):
         paths = find_entries(list(hp.features or []), hp.feature_root, hp.dataset)
         entries = [load_entry(path) for path in paths]
         _check_one_dataset(entries)
-        # each (view, layer) feature set of an entry is its own probe set
-        self.probe_sets = [self._prepare(fs) for entry in entries for fs in entry.feature_sets()]
+        # each (view, layer) feature set of an entry is its own probe set; one without a valid row (every
+        # image failed) cannot be probed and is reported instead of failing the whole run
+        sets = [fs for entry in entries for fs in entry.feature_sets()]
+        for fs in (fs for fs in sets if not fs.valid.any()):
+            print(f"skipping {fs.path} view {fs.view} layer {fs.layer}: all {len(fs.rows)} rows excluded "
+                  f"({len(fs.failures)} failed images, e.g. {fs.failures[0]['reason'] if fs.failures else '-'})")
+        self.probe_sets = [self._prepare(fs) for fs in sets if fs.valid.any()]
         labels = entry_labels(pd.DataFrame([ps.info for ps in self.probe_sets]))
         for probe_set, label in zip(self.probe_sets, labels, strict=True):
             probe_set.label = label

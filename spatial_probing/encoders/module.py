@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
 
 from spatial_probing.encoders.base import Encoder
 from spatial_probing.encoders.registry import EncoderSpec, create_encoder, parse_encoder

@@ -25,7 +25,6 @@ import platform
 import re
 import shutil
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata

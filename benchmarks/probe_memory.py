@@ -54,8 +54,9 @@ def write_entry(root: Path, n_rows: int, dim: int, n_relations: int, batch: int 
     for batch_id, start in enumerate(range(0, n_rows, batch)):
         idx = np.arange(start, min(start + batch, n_rows))
         feats = rng.standard_normal((len(idx), dim), dtype=np.float32) + means[relation_ids[idx]]
-        store.write_shard(store.shard_path(partial, "text", batch_id), idx, feats, [])
-    return store.finalize(key, rows, ["text"], {"text_dim": dim, "image_dim": None}).path
+        store.write_shard(store.shard_path(partial, "text", batch_id), idx, {"text": feats}, [])
+    meta = {"encoder": "synthetic:gaussian", "family": "synthetic", "view": "text", "view_parts": [["text", ["text"]]]}
+    return store.finalize(key, rows, {"text": ["text"]}, meta).path
 
 
 def probe(entry_path: str, n_folds: int, n_targets: int, Cs: list[float], dtype: str, tol: float,
@@ -130,8 +131,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="probe-memory-") as root:
         entry = write_entry(Path(root), args.rows, args.dim, args.targets)
-        size = (entry / "features.npy").stat().st_size
-        print(f"entry: {args.rows} x {args.dim} float16, features.npy {size / 2**20:.1f} MiB")
+        size = (entry / "parts" / "text.npy").stat().st_size
+        print(f"entry: {args.rows} x {args.dim} float16, parts/text.npy {size / 2**20:.1f} MiB")
         n_problems = args.folds * args.targets * len(args.Cs)
         print(f"probe: fit_logreg, {args.folds} folds x {args.targets} targets x {len(args.Cs)} Cs {args.Cs} = "
               f"{n_problems} problems, dtype {args.dtype}, tol {args.tol:g}, max_iter {args.max_iter}, "

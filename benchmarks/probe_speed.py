@@ -2,7 +2,7 @@
 
     python benchmarks/probe_speed.py [--features DIR] [--skip-grid]
 
-DIR is a feature-cache entry (``features.npy`` [n, d] and ``rows.jsonl`` with caption, relation,
+DIR is a feature-cache entry (its first view's features [n, d] and ``rows.jsonl`` with caption, relation,
 label, image per row); default ``$SPATIAL_PROBING_BENCH_FEATURES`` or /tmp/mpnet_random_train
 (all-mpnet-base-v2 on VSR random train). Protocol: the relations with >= 50 rows one-vs-rest,
 L2-normalised features, ``StratifiedKFold(5, shuffle=True, random_state=42)`` per relation, C=1,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Transcript for issue 4: an extraction killed with SIGKILL halfway and rerun with the same command
-# gives the same features.npy bytes as an uninterrupted run.
+# gives the same feature bytes (parts/text.npy) as an uninterrupted run.
 #
 #   bash benchmarks/resume_transcript.sh [WORKDIR]     (default WORKDIR: a fresh temp dir)
 #
@@ -30,7 +30,7 @@ CMD=(python -m spatial_probing.cli extract --config configs/trainer/cpu.yaml --t
      --data.dataset "$DATA" --data.split train --data.batch_size "$BATCH" --model.encoder "sbert:$MODEL")
 
 shards() { find "$1" -path '*.partial/text-*.npz' 2>/dev/null | wc -l; }
-features_sha() { sha256sum "$(find "$1" -name features.npy)" | cut -d' ' -f1; }
+features_sha() { sha256sum "$(find "$1" -path "*/parts/text.npy")" | cut -d' ' -f1; }
 show() { echo "\$ ${CMD[*]//"$MODEL"/\$MINILM} --feature_root $1"; }
 
 echo "# $N_ROWS captions of $DATA/train.jsonl, batch size $BATCH: $N_BATCHES batches; MINILM=$MODEL"
@@ -41,7 +41,7 @@ SECONDS=0
 "${CMD[@]}" --feature_root "$WORK/uninterrupted" 2>"$WORK/uninterrupted.log"
 echo "($SECONDS s)"
 SHA_A=$(features_sha "$WORK/uninterrupted")
-echo "features.npy sha256: $SHA_A"
+echo "parts/text.npy sha256: $SHA_A"
 echo
 echo "## 2. the same extraction, killed with SIGKILL when $(( N_BATCHES / 2 )) of $N_BATCHES shards exist"
 show "$WORK/resumed"
@@ -69,13 +69,13 @@ SECONDS=0
 "${CMD[@]}" --feature_root "$WORK/resumed" 2>"$WORK/rerun.log"
 echo "($SECONDS s)"
 SHA_B=$(features_sha "$WORK/resumed")
-echo "features.npy sha256: $SHA_B"
+echo "parts/text.npy sha256: $SHA_B"
 echo
 echo "uninterrupted: $SHA_A"
 echo "resumed:       $SHA_B"
 if [[ "$SHA_A" == "$SHA_B" ]]; then
-  echo "features.npy identical: yes"
+  echo "parts/text.npy identical: yes"
 else
-  echo "features.npy identical: NO"
+  echo "parts/text.npy identical: NO"
   exit 1
 fi

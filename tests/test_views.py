@@ -158,6 +158,7 @@ def test_clip_layer_parts_are_the_states_before_the_final_layer_norm(tiny_clip_d
 
 def test_layerwise_clip_entry_offers_each_view_per_layer(cache: Path, tiny_clip_dir: Path, tmp_path: Path) -> None:
     from spatial_probing.probes.module import ProbeDataModule
+    from spatial_probing.tasks.relation_type import RelationType
 
     path = _extract(cache, tmp_path, "--model.encoder", f"hf-clip:{tiny_clip_dir}", "--model.view", STUDY,
                     "--model.random_init", "true", "--model.layers", "[1,3]")
@@ -168,7 +169,7 @@ def test_layerwise_clip_entry_offers_each_view_per_layer(cache: Path, tiny_clip_
         ("text-pooled", "final"), ("image", "final"), ("concat", "final"), *per_layer]
     assert entry.view("concat", 3).features.shape[1] == 64 + 48  # image CLS || text EOS, tower widths
     # the probe side: every (view, layer) set of an entry is its own probe set, named in the results
-    dm = ProbeDataModule(features=[str(path)], min_count=2, n_splits=2)
+    dm = ProbeDataModule(features=[str(path)], task=RelationType(min_count=2), n_splits=2)
     dm.setup()
     infos = [ps.info for ps in dm.probe_sets]
     assert [(i["view"], i["layer"]) for i in infos] == [(s.view, s.layer) for s in entry.feature_sets()]

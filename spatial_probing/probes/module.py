@@ -27,7 +27,7 @@ from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 
 from spatial_probing.errors import FeatureError
-from spatial_probing.features.store import FeatureSet, load_entry
+from spatial_probing.features.store import FeatureEntry, FeatureSet, load_entry
 from spatial_probing.probes import metrics, sklearn_ref, solver
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.report.tables import (

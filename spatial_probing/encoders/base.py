@@ -77,7 +77,7 @@ class Encoder(torch.nn.Module):
 
     def n_layers(self, stream: str) -> int:
         """Number of transformer blocks of a stream's tower (layer parts are 0 = embeddings .. N)."""
-        raise NotImplementedError
+        raise EncoderError(f"encoder {self.spec}: layer-wise features are not available for the {self.spec.family} family")
 
     def preprocess_text(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenise a batch of captions exactly as the underlying library does."""
@@ -88,12 +88,24 @@ class Encoder(torch.nn.Module):
         raise self._no_images()
 
     def text_parts(self, tokens: dict[str, torch.Tensor], layers: Sequence[int] = ()) -> dict[str, torch.Tensor]:
-        """Every text part ``[B, d]`` (float32) of one forward pass, plus ``text@<l>`` for ``layers``."""
-        raise NotImplementedError
+        """Every text part ``[B, d]`` (float32) of one forward pass, plus ``text@<l>`` for ``layers``.
+
+        An adapter that implements only ``encode_text`` offers its output as the ``text`` part, no layers.
+        """
+        if type(self).encode_text is Encoder.encode_text:
+            raise NotImplementedError
+        check_layers(self.spec, "text", layers, -1)
+        return {"text": self.encode_text(tokens)}
 
     def image_parts(self, pixels: torch.Tensor, layers: Sequence[int] = ()) -> dict[str, torch.Tensor]:
-        """The image part ``[B, d]`` (float32) of one forward pass, plus ``image@<l>`` for ``layers``."""
-        raise self._no_images()
+        """The image part ``[B, d]`` (float32) of one forward pass, plus ``image@<l>`` for ``layers``.
+
+        An adapter that implements only ``encode_image`` offers its output as the ``image`` part, no layers.
+        """
+        if type(self).encode_image is Encoder.encode_image:
+            raise self._no_images()
+        check_layers(self.spec, "image", layers, -1)
+        return {"image": self.encode_image(pixels)}
 
     def encode_text(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """Text features ``[B, text_dim]`` (float32, raw): the spec's text part."""
@@ -121,6 +133,8 @@ class Encoder(torch.nn.Module):
 def check_layers(spec: EncoderSpec, stream: str, layers: Sequence[int], n_layers: int) -> None:
     """Refuse layer numbers outside 0 (embeddings) .. n_layers (last block), naming the encoder."""
     bad = [layer for layer in layers if not 0 <= layer <= n_layers]
+    if bad and n_layers < 0:
+        raise EncoderError(f"encoder {spec}: layer-wise features are not available for the {spec.family} family")
     if bad:
         raise EncoderError(f"encoder {spec}: {stream} layers {bad} do not exist (layers 0..{n_layers})")
 

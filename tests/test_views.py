@@ -214,3 +214,12 @@ def test_entry_meta_carries_the_display_name_and_the_recipes(study_entry: Path) 
     assert meta["spec"].startswith("hf-clip:/") and meta["spec"].endswith("@text-pooled,image,concat+random-init")
     assert meta["view_parts"] == [["text-pooled", ["text-pooled"]], ["image", ["image"]],
                                   ["concat", ["image", "text"]]]
+
+
+def test_bad_layer_numbers_are_refused_before_any_shard(cache: Path, minilm_dir: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    args = ["extract", *CPU, *SCENES, "--feature_root", str(tmp_path), "--model.encoder", f"sbert:{minilm_dir}",
+            "--model.layers", "[2,9]"]
+    assert main(args) == 2
+    assert "text layers [9] do not exist (layers 0..6)" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.partial")) and not list(tmp_path.rglob("meta.json"))

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 
-from spatial_probing.encoders.base import Encoder
+from spatial_probing.encoders.base import Encoder, check_layers
 from spatial_probing.encoders.registry import EncoderSpec, create_encoder, parse_encoder
 from spatial_probing.encoders.views import needed_parts
 from spatial_probing.errors import EncoderError
@@ -63,11 +63,14 @@ class FrozenEncoder(pl.LightningModule):
             return []
         if self.layers == "all":
             return list(range(self.build().n_layers(stream) + 1))
-        return sorted(set(self.layers))
+        layers = sorted(set(self.layers))
+        check_layers(self.spec, stream, layers, self.build().n_layers(stream))  # before any shard is written
+        return layers
 
     def parts(self) -> dict[str, list[str]]:
         """Per stream, the parts this extraction stores (final parts of the views, then layer parts)."""
-        streams = ("text", "image")
+        encoder = self.build()
+        streams = [s for s, needed in (("text", encoder.needs_text), ("image", encoder.needs_image)) if needed]
         return needed_parts(self.spec.family, self.spec.views, {s: self.layer_numbers(s) for s in streams})
 
     def configure_model(self) -> None:

@@ -534,7 +534,7 @@ def _old_format(entry: Path) -> None:
 
 #: case -> (damage to a complete entry, what the refusal must say)
 ENTRY_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
-    "format-version-old": (_old_format, "written with cache format 0, this version reads format 1"),
+    "format-version-old": (_old_format, "written with cache format 0, this version reads format 2"),
     "features-bytes-flipped": (lambda e: _flip_bytes(e / "parts" / "text.npy"), "text.npy does not match the checksum"),
     "features-truncated": (lambda e: _truncate(e / "parts" / "text.npy"), "text.npy does not match the checksum"),
     "valid-mask-edited": (lambda e: np.save(e / "valid.npy", np.zeros(N_ROWS, bool)), "valid.npy does not match"),
@@ -547,14 +547,14 @@ def test_damaged_or_incompatible_entry_is_refused(case, tmp_path, tiny, minilm_d
     damage, message = ENTRY_DAMAGE[case]
     root, entry = _copy_reference(reference, tmp_path)
     damage(entry)
-    files = {p.name: p.read_bytes() for p in entry.iterdir()}
+    files = {p.relative_to(entry): p.read_bytes() for p in entry.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert main(["extract", *_args(root, tiny, minilm_dir)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(entry) in err and message in err
     with pytest.raises(CacheError, match=re.escape(message)):
         load_entry(entry)
-    assert {p.name: p.read_bytes() for p in entry.iterdir()} == files  # refused, left for the user to judge
+    assert {p.relative_to(entry): p.read_bytes() for p in entry.rglob("*") if p.is_file()} == files  # left as found
 
 
 def test_overwrite_rebuilds_a_damaged_entry(tmp_path, tiny, minilm_dir, reference):

@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from spatial_probing.analysis.base import Analysis
-from spatial_probing.analysis.features import Features, FeatureIndex, bag_of_words
+from spatial_probing.analysis.features import FeatureIndex, Features, bag_of_words
 from spatial_probing.analysis.stats import stat_row
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.errors import DataError

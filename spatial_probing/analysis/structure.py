@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from spatial_probing.analysis.base import Analysis, grouped_rows, view_of, with_view
-from spatial_probing.analysis.features import Features, FeatureIndex, bag_of_words
+from spatial_probing.analysis.features import FeatureIndex, Features, bag_of_words
 from spatial_probing.analysis.protocol import Combine, combine, predictions
 from spatial_probing.analysis.stats import stat_row
 from spatial_probing.data.rows import SpatialRows

@@ -24,8 +24,8 @@ import numpy as np
 
 from spatial_probing.analysis.base import Analysis, grouped_rows, view_of, with_view
 from spatial_probing.analysis.features import (
-    Features,
     FeatureIndex,
+    Features,
     bag_of_words,
     geometry,
     pixels,

@@ -8,12 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from probe_entries import write_entry
 
 from spatial_probing.analysis.features import FeatureIndex
 from spatial_probing.analysis.protocol import combine, fit_dev_test
+from spatial_probing.analysis.published import VSR_PUBLISHED
 from spatial_probing.analysis.stats import STATS_COLUMNS
 from spatial_probing.analysis.truth import Truth
+from spatial_probing.cli import main
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.probes.solver import fit_logreg
 
@@ -71,10 +74,14 @@ def _vsr_like(split: str, n: int, seed: int) -> tuple[SpatialRows, np.ndarray]:
     return rows, x
 
 
-def test_truth_analysis_reports_overall_relation_and_meta_rows(tmp_path: Path):
+def _write_splits(root: Path) -> None:
     for k, (split, n) in enumerate((("train", 120), ("dev", 40), ("test", 60))):
         rows, x = _vsr_like(split, n, k)
-        write_entry(tmp_path / split, rows, x, encoder="toy:enc@text")
+        write_entry(root / split, rows, x, encoder="toy:enc@text")
+
+
+def test_truth_analysis_reports_overall_relation_and_meta_rows(tmp_path: Path):
+    _write_splits(tmp_path)
     stats = pd.DataFrame(Truth("toyvsr", baselines=["majority", "bow"]).run(FeatureIndex(tmp_path)))
     assert tuple(stats.columns) == STATS_COLUMNS
     acc = stats[stats.metric.eq("accuracy")].set_index(["encoder", "target"])
@@ -87,3 +94,17 @@ def test_truth_analysis_reports_overall_relation_and_meta_rows(tmp_path: Path):
     majority = np.bincount(_vsr_like("train", 120, 0)[0].labels).argmax()
     assert acc.loc[("baseline:majority", "all")].estimate == pytest.approx((test_labels == majority).mean())
     assert (stats.dataset == "toyvsr/test").all()
+
+
+def test_analyze_sets_published_figures_apart_from_computed_ones(tmp_path: Path, capsys):
+    _write_splits(tmp_path / "features")
+    config = {"feature_root": str(tmp_path / "features"), "out_dir": str(tmp_path / "out"),
+              "analyses": [{"class_path": "spatial_probing.analysis.truth.Truth", "init_args": {"dataset": "toyvsr"}}]}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(config))
+    assert main(["analyze", "--config", str(tmp_path / "t.yaml")]) == 0
+    stats = pd.read_csv(tmp_path / "out" / "stats.csv")
+    published = pd.read_csv(tmp_path / "out" / "published.csv")
+    assert published.test_accuracy_pct.tolist() == [v for _, _, v in VSR_PUBLISHED]
+    assert published.source.str.startswith("published: ").all()
+    assert not stats.encoder.isin(published.model).any() and not stats.method.str.contains("published").any()
+    assert "published (not computed here)" in capsys.readouterr().out

@@ -4,9 +4,9 @@
 
 The config lists analyses by ``class_path``/``init_args`` (`analysis.truth.Truth`,
 `analysis.structure.Structure`, `analysis.structure.ZeroShot`, `analysis.representation.OddOneOut`,
-`analysis.representation.RSA`). ``out_dir`` receives stats.csv (SCHEMA.md's columns), published.csv
-(VSR's published accuracies, kept apart from computed numbers) and config.yaml; the table of ``all``
-rows is printed, then the published figures under their own heading.
+`analysis.representation.RSA`). ``out_dir`` receives stats.csv (SCHEMA.md's columns) and config.yaml, and
+with a truth analysis published.csv (VSR's published accuracies, kept apart from computed numbers); the
+``all`` rows are printed, then the published figures under their own heading.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from spatial_probing.analysis.base import Analysis
 from spatial_probing.analysis.features import FeatureIndex
 from spatial_probing.analysis.published import published_table
 from spatial_probing.analysis.stats import write_stats
+from spatial_probing.analysis.truth import Truth
 from spatial_probing.io import atomic_write
 
 
@@ -62,11 +63,12 @@ def run_analyze(args: list[str]) -> int:
         print(f"{analysis!r}: {time.perf_counter() - start:.1f} s")
         # written after every analysis: an error in a later one loses nothing already computed
         stats_path = write_stats(rows, out_dir / "stats.csv")
-    published = published_table()
-    published_path = atomic_write(out_dir / "published.csv", published.to_csv(index=False))
-    atomic_write(out_dir / "config.yaml", p.dump(cfg))
+    written = [stats_path, atomic_write(out_dir / "config.yaml", p.dump(cfg))]
     print(summary_table(pd.read_csv(stats_path)) if rows else "no analysis configured")
-    print("\npublished (not computed here):")
-    print(published.to_string(index=False))
-    print(f"\nwrote {stats_path}, {published_path}, {out_dir / 'config.yaml'}")
+    if any(isinstance(a, Truth) for a in init.analyses):  # VSR's published figures sit beside truth results
+        published = published_table()
+        written.append(atomic_write(out_dir / "published.csv", published.to_csv(index=False)))
+        print("\npublished (not computed here):")
+        print(published.to_string(index=False))
+    print("\nwrote " + ", ".join(map(str, written)))
     return 0

@@ -27,7 +27,7 @@ from spatial_probing.errors import DataError, FeatureError
 from spatial_probing.features.store import FeatureEntry, load_entry
 from spatial_probing.report.tables import short_encoder
 
-PIXEL_SIDE = 16
+PIXEL_SIDE = 8
 _WORD = re.compile(r"[a-z0-9]+")
 
 

@@ -64,7 +64,7 @@ def run_analyze(args: list[str]) -> int:
         # written after every analysis: an error in a later one loses nothing already computed
         stats_path = write_stats(rows, out_dir / "stats.csv")
     written = [stats_path, atomic_write(out_dir / "config.yaml", p.dump(cfg))]
-    print(summary_table(pd.read_csv(stats_path)) if rows else "no analysis configured")
+    print(summary_table(pd.read_csv(stats_path).fillna({"view": ""})) if rows else "no analysis configured")
     if any(isinstance(a, Truth) for a in init.analyses):  # VSR's published figures sit beside truth results
         published = published_table()
         written.append(atomic_write(out_dir / "published.csv", published.to_csv(index=False)))

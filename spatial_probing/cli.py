@@ -1,7 +1,8 @@
-"""``spatial-probing``: extract features, fit probes, list encoders.
+"""``spatial-probing``: extract features, fit probes, run analyses, list encoders.
 
     spatial-probing extract --config configs/extract/sbert_mpnet.yaml [--trainer.devices 2 ...]
     spatial-probing fit --config configs/probe/original_protocol.yaml [--data.features [...]]
+    spatial-probing analyze --config configs/analysis/vsr_text.yaml
     spatial-probing list-encoders
 
 ``extract`` and ``fit`` are LightningCLI programs: configs in ``class_path``/``init_args`` style, composed
@@ -96,7 +97,15 @@ def run_fit(args: list[str]) -> int:
     return fit(args)
 
 
-COMMANDS = {"extract": run_extract, "fit": run_fit, "list-encoders": run_list_encoders}
+def run_analyze(args: list[str]) -> int:
+    """Run the analyses of an analysis config on cached features (`spatial_probing.analysis.run`)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as for fit: the analyses run the probe solver
+    from spatial_probing.analysis.run import run_analyze as analyze
+
+    return analyze(args)
+
+
+COMMANDS = {"extract": run_extract, "fit": run_fit, "analyze": run_analyze, "list-encoders": run_list_encoders}
 
 
 def main(argv: list[str] | None = None) -> int:

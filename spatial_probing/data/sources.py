@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from spatial_probing.data.derived import derive, split_name
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.data.scenes import write_scenes
 from spatial_probing.data.vsr import load_vsr
@@ -21,6 +22,8 @@ def cache_root() -> Path:
 def dataset_location(dataset: str, image_root: str | None, scenes_per_relation: int, scenes_seed: int
                      ) -> tuple[str, str | None]:
     """The rows' source (hub id or directory) and image root; synthetic scenes are written on first use."""
+    if (derived := split_name(dataset)) is not None:  # derived rows keep their base dataset's images
+        return dataset_location(derived[1], image_root, scenes_per_relation, scenes_seed)
     if dataset != "scenes":
         return dataset, image_root
     out = write_scenes(cache_root() / "scenes" / f"n{scenes_per_relation}-seed{scenes_seed}",
@@ -31,5 +34,7 @@ def dataset_location(dataset: str, image_root: str | None, scenes_per_relation: 
 def load_rows(dataset: str, split: str, relations: list[str] | None, scenes_per_relation: int,
               scenes_seed: int) -> SpatialRows:
     """The validated rows of one split of ``dataset``."""
+    if (derived := split_name(dataset)) is not None:
+        return derive(derived[0], load_rows(derived[1], split, None, scenes_per_relation, scenes_seed), relations)
     source, _ = dataset_location(dataset, None, scenes_per_relation, scenes_seed)
     return load_vsr(source, split, relations=relations)

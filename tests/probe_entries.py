@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from spatial_probing.data.rows import SpatialRows
-from spatial_probing.features.store import FORMAT_VERSION, sha256_file
+from spatial_probing.features.store import FORMAT_VERSION, seal_meta, sha256_file
 
 RELATIONS = ("left of", "above", "near")
 
@@ -54,7 +54,7 @@ def write_entry(
     rows.to_jsonl(path / "rows.jsonl")
     (path / "failures.jsonl").write_text("".join(json.dumps(f) + "\n" for f in failures))
     files = (f"parts/{view}.npy", "valid.npy", "rows.jsonl", "failures.jsonl")
-    meta = {
+    meta = seal_meta({
         "key": {"encoder": encoder, "view": view, "dataset": rows.name, "format_version": FORMAT_VERSION},
         "encoder": encoder,
         "view": view,
@@ -63,7 +63,7 @@ def write_entry(
         "dataset": rows.name,
         "failures": failures,
         "sha256": {name: sha256_file(path / name) for name in files},
-    }
+    })
     (path / "meta.json").write_text(json.dumps(meta))
     return path
 

@@ -59,7 +59,7 @@ from spatial_probing.encoders.module import FrozenEncoder
 from spatial_probing.errors import CacheError
 from spatial_probing.features import runs
 from spatial_probing.features.extract import cache_key
-from spatial_probing.features.store import FeatureStore, load_entry, sha256_file
+from spatial_probing.features.store import FORMAT_VERSION, FeatureStore, load_entry, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = ["--config", str(REPO / "configs/trainer/cpu.yaml"), "--trainer.enable_progress_bar", "false"]
@@ -381,15 +381,16 @@ def _text_shards(root: Path) -> list[Path]:
     return [p for p in root.rglob("text-*.npz") if p.parent.name.endswith(".partial")]
 
 
-def _kill_halfway(proc: subprocess.Popen, root: Path, n_batches: int, kill: Callable[[], None]) -> int:
-    """Wait until half of the batches are on disk, kill the run, and return how many shards it left."""
+def _kill_halfway(proc: subprocess.Popen, root: Path, n_batches: int, kill: Callable[[], None],
+                  status: int = -signal.SIGKILL) -> int:
+    """Wait until half of the batches are on disk, kill the run (it must end with ``status``), return its shards."""
     deadline = time.monotonic() + 600
     while len(_text_shards(root)) < n_batches // 2:
         assert proc.poll() is None, "the extraction ended before it could be killed"
         assert time.monotonic() < deadline, "no progress within 600 s"
         time.sleep(0.02)
     kill()
-    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert proc.wait(timeout=60) == status
     left = len(_text_shards(root))
     assert n_batches // 2 <= left < n_batches and not _entries(root)
     return left
@@ -534,7 +535,7 @@ def _old_format(entry: Path) -> None:
 
 #: case -> (damage to a complete entry, what the refusal must say)
 ENTRY_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
-    "format-version-old": (_old_format, "written with cache format 0, this version reads format 2"),
+    "format-version-old": (_old_format, f"written with cache format 0, this version reads format {FORMAT_VERSION}"),
     "features-bytes-flipped": (lambda e: _flip_bytes(e / "parts" / "text.npy"), "text.npy does not match the checksum"),
     "features-truncated": (lambda e: _truncate(e / "parts" / "text.npy"), "text.npy does not match the checksum"),
     "valid-mask-edited": (lambda e: np.save(e / "valid.npy", np.zeros(N_ROWS, bool)), "valid.npy does not match"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -55,6 +55,9 @@ class SpatialDataModule(pl.LightningDataModule):
         scenes_seed: seed of the scene generator.
         image_timeout_s: per-request timeout when fetching image URLs.
         image_retries: retries after a timeout, 5xx or connection error.
+        image_orientation: ``stored`` (pixels as stored in the file, ignoring EXIF, as COCO's boxes,
+            the first study and the CLIP preprocessors do) or ``exif`` (rotated per the EXIF tag).
+        image_fail_fast: stop when the first this many image downloads all fail to connect (0: never).
     """
 
     def __init__(
@@ -70,10 +73,13 @@ class SpatialDataModule(pl.LightningDataModule):
         scenes_seed: int = 0,
         image_timeout_s: float = 10.0,
         image_retries: int = 2,
+        image_orientation: Literal["stored", "exif"] = "stored",
+        image_fail_fast: int = 5,
     ) -> None:
         super().__init__()
         if batch_size < 1:  # checked here: a zero step would only fail later, deep inside the batch plan
             raise DataError(f"--data.batch_size must be at least 1, got {batch_size}")
+        self.image_orientation, self.image_fail_fast = image_orientation, image_fail_fast
         self.dataset, self.split, self.relations = dataset, split, relations
         self.image_root, self.image_cache = image_root, image_cache
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -98,7 +104,17 @@ class SpatialDataModule(pl.LightningDataModule):
     def image_source(self) -> ImageSource:
         _, root = dataset_location(self.dataset, self.image_root, self.scenes_per_relation, self.scenes_seed)
         cache = self.image_cache or str(cache_root() / "images")
-        return ImageSource(root=root, cache_dir=cache, timeout_s=self.image_timeout_s, retries=self.image_retries)
+        return ImageSource(root=root, cache_dir=cache, timeout_s=self.image_timeout_s, retries=self.image_retries,
+                           exif_transpose=self.image_orientation == "exif", fail_fast=self.image_fail_fast)
+
+    def warn_about_rows(self) -> None:
+        """Print a warning for repeated rows, which probing would silently count twice."""
+        repeated = self.rows.repeated_rows()
+        if len(repeated):
+            print(f"warning: {self.rows.name}: {len(repeated)} rows repeat an earlier row (same caption, image, "
+                  f"relation and label; first: row {int(repeated[0])}); unless folds are grouped by image "
+                  "(--data.folds grouped when probing), a repeated caption can sit on both sides of a fold",
+                  flush=True)
 
     # -- batch plans --------------------------------------------------------------------------
     def text_plan(self) -> list[np.ndarray]:

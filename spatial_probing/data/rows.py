@@ -112,6 +112,16 @@ class SpatialRows:
             extra={k: tuple(v[i] for i in pick) for k, v in self.extra.items()},
         )
 
+    def repeated_rows(self) -> np.ndarray:
+        """Indices of rows identical (caption, relation, label, image) to an earlier row."""
+        seen: set[tuple] = set()
+        repeated = []
+        for i, row in enumerate(zip(self.captions, self.relations, self.labels.tolist(), self.images, strict=True)):
+            if row in seen:
+                repeated.append(i)
+            seen.add(row)
+        return np.array(repeated, dtype=np.int64)
+
     def relation_counts(self) -> Counter[str]:
         """Number of rows per relation."""
         return Counter(self.relations)

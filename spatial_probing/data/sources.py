@@ -12,6 +12,7 @@ from spatial_probing.data.derived import derive, split_name
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.data.scenes import write_scenes
 from spatial_probing.data.vsr import load_vsr
+from spatial_probing.errors import DataError
 
 
 def cache_root() -> Path:
@@ -33,8 +34,11 @@ def dataset_location(dataset: str, image_root: str | None, scenes_per_relation: 
 
 def load_rows(dataset: str, split: str, relations: list[str] | None, scenes_per_relation: int,
               scenes_seed: int) -> SpatialRows:
-    """The validated rows of one split of ``dataset``."""
+    """The validated rows of one split of ``dataset``; a split without rows is an error (nothing to extract)."""
     if (derived := split_name(dataset)) is not None:
         return derive(derived[0], load_rows(derived[1], split, None, scenes_per_relation, scenes_seed), relations)
     source, _ = dataset_location(dataset, None, scenes_per_relation, scenes_seed)
-    return load_vsr(source, split, relations=relations)
+    rows = load_vsr(source, split, relations=relations)
+    if not len(rows):
+        raise DataError(f"split {split!r} of {source} has no rows (its file is empty or blank); nothing to extract")
+    return rows

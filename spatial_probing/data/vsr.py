@@ -104,8 +104,13 @@ def _read_local(path: Path, split: str) -> Iterator[tuple[int, Any]]:
         available = sorted(p.stem for p in path.glob("*.jsonl"))
         raise DataError(f"split {split!r} not found: {file} does not exist; available splits in {path}: "
                         f"{available or 'none (no *.jsonl files)'}")
-    with file.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with file.open("rb") as f:  # bytes, decoded per line, so a decoding error can name its line
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{file}:{line_no}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                f"{exc.start + 1}); save the file as UTF-8") from exc
             if not line.strip():
                 continue
             try:

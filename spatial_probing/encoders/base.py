@@ -201,9 +201,11 @@ def resolve_model_dir(spec: EncoderSpec, required: Sequence[tuple[str, ...]]) ->
 
 def load_or_explain(load: Callable[[], T], spec: EncoderSpec, source: str, offline_fix: str) -> T:
     """Run a library loader; turn its failure into one EncoderError that says how to supply weights offline."""
+    from safetensors import SafetensorError  # a truncated or damaged .safetensors file
+
     try:
         return load()
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if Path(source).exists():
             raise EncoderError(f"encoder {spec}: cannot load {source}: {detail}") from err

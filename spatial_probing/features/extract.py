@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_only
 
 from spatial_probing.data.datamodule import SpatialDataModule
 from spatial_probing.data.vsr import dataset_summary
@@ -26,7 +27,9 @@ warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
 def cache_key(model: FrozenEncoder, datamodule: SpatialDataModule, dtype: str, precision: str) -> CacheKey:
     """The key of an extraction, computed without loading any weights (so cache hits are instant)."""
     spec = model.spec
-    return make_key(str(spec), spec.view, spec.model, datamodule.rows, dtype, str(precision), model.layers_key)
+    uses_images = any("image" in family_view(spec.family, v).streams for v in spec.views)
+    return make_key(str(spec), spec.view, spec.model, datamodule.rows, dtype, str(precision), model.layers_key,
+                    datamodule.image_orientation, uses_images)
 
 
 def extract(
@@ -40,15 +43,27 @@ def extract(
     """Return the cache entry for (encoder, view, dataset), computing only what is missing.
 
     Returns None on ranks other than 0 of a multi-process run (the entry is merged on rank 0).
+    Rank 0 holds the entry's lock throughout, so an identical extraction started meanwhile waits and
+    then reuses this one's work; the ranks it launches run under that lock.
     """
     store = FeatureStore(feature_root)
     key = cache_key(model, datamodule, dtype, trainer.precision)
+    if rank_zero_only.rank != 0:
+        return _extract(trainer, model, datamodule, store, key, overwrite)
+    with store.locked(key):
+        return _extract(trainer, model, datamodule, store, key, overwrite)
+
+
+def _extract(trainer: pl.Trainer, model: FrozenEncoder, datamodule: SpatialDataModule, store: FeatureStore,
+             key: CacheKey, overwrite: bool) -> FeatureEntry | None:
     store.clean_stale(key)
     if not overwrite and (entry := store.lookup(key)) is not None:
         print(f"cache hit: {entry.describe()}")
         return entry
     if overwrite:
         store.discard(key)
+    print(f"extracting {model.spec} features of {datamodule.rows.name} ({len(datamodule.rows)} rows)", flush=True)
+    datamodule.warn_about_rows()
     encoder = model.build()  # before any shard dir exists: a model that fails to load leaves nothing behind
     parts = model.parts()  # stream -> parts its batches store
     partial = store.prepare_partial(key, datamodule.plan_signature())
@@ -56,9 +71,10 @@ def extract(
     pending = {
         stream: sorted(set(range(len(plans[stream]))) - store.completed_batches(partial, stream)) for stream in parts
     }
-    done = sum(len(plans[s]) - len(pending[s]) for s in parts)
+    total = sum(len(plans[s]) for s in parts)
+    done = total - sum(len(pending[s]) for s in parts)
     if done:
-        print(f"resuming: {done} of {sum(len(plans[s]) for s in parts)} batches already in {partial}")
+        print(f"resuming: {done} of {total} batches already in {partial}")
     spec = model.spec
     meta = {
         "encoder": display_name(spec),
@@ -75,7 +91,7 @@ def extract(
         "world_size": trainer.world_size,
     }
     if any(pending.values()):
-        writer = FeatureWriter(store, key, datamodule.rows, parts, meta)
+        writer = FeatureWriter(store, key, datamodule.rows, parts, meta, done=done, total=total)
         datamodule.attach(encoder, pending)
         trainer.callbacks.append(writer)
         trainer.predict(model, datamodule=datamodule, return_predictions=False)

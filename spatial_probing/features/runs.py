@@ -66,7 +66,7 @@ def recorded_hit(args: list[str]) -> FeatureEntry | None:
         key = record["key"]
         rows = load_rows(**record["data"])
         fresh = make_key(key["encoder"], key["view"], record["model"], rows, key["dtype"], key["precision"],
-                         key["layers"])
+                         key["layers"], key["image_orientation"], uses_images=True)  # as recorded: the invocation fixes it
         if fresh.as_dict() != key:
             return None
         return FeatureStore(record["feature_root"]).lookup(fresh)

@@ -18,6 +18,8 @@ something that reads as complete.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -25,6 +27,8 @@ import platform
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
@@ -39,7 +43,8 @@ from spatial_probing.errors import CacheError
 from spatial_probing.io import atomic_path, atomic_write
 
 #: Bump when the on-disk layout or the meaning of a field changes; older entries are refused.
-FORMAT_VERSION = 2
+#: 3: meta.json carries ``meta_sha256`` over all its other fields; the key has ``image_orientation``.
+FORMAT_VERSION = 3
 STORAGE_DTYPES = ("float32", "float16")
 _ENTRY_FILES = ("valid.npy", "rows.jsonl", "failures.jsonl")
 _PARTS_DIR = "parts"
@@ -56,10 +61,14 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def _file_digest(path: Path) -> str:
-    """sha256 of a file's content, memoised by (path, size, mtime) so multi-GB weights are hashed once."""
+    """sha256 of a file's content, memoised by (path, inode, size, mtime, ctime) so multi-GB weights are hashed once.
+
+    ctime is in the memo key because no user call can set it back: a file rewritten in place with its
+    size and mtime restored still gets a new ctime, so it is hashed again (docs/reliability.md).
+    """
     stat = path.stat()
     memo = cache_root() / "file-digests" / hashlib.sha256(
-        f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+        f"{path.resolve()}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}".encode()).hexdigest()
     if memo.is_file():
         return memo.read_text()
     digest = sha256_file(path)
@@ -100,6 +109,7 @@ class CacheKey:
     precision: str
     model_source: str | None = None
     layers: str = view_recipes.FINAL
+    image_orientation: str = "stored"
     format_version: int = FORMAT_VERSION
 
     def as_dict(self) -> dict:
@@ -112,6 +122,7 @@ class CacheKey:
             "dtype": self.dtype,
             "precision": self.precision,
             "model_source": self.model_source,
+            "image_orientation": self.image_orientation,
             "format_version": self.format_version,
         }
 
@@ -122,15 +133,86 @@ class CacheKey:
 
 
 def make_key(encoder: str, view: str, model: str, rows: SpatialRows, dtype: str, precision: str,
-             layers: str = view_recipes.FINAL) -> CacheKey:
+             layers: str = view_recipes.FINAL, image_orientation: str = "stored", uses_images: bool = False
+             ) -> CacheKey:
     """The key of extracting ``rows`` with ``encoder`` (canonical spec string), computed without any weights.
 
     ``view`` is the spec's (comma-separated) views, ``layers`` the requested layers (``final``, ``all``, ``0,6``).
+    ``image_orientation`` joins the key only when a view reads images (``uses_images``): text
+    features do not depend on it, so they keep one entry whatever it is set to.
     """
     if dtype not in STORAGE_DTYPES:
         raise CacheError(f"--dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
     return CacheKey(encoder=encoder, view=view, dataset=rows.name, fingerprint=rows.fingerprint, dtype=dtype,
-                    precision=precision, model_source=model_source_fingerprint(model), layers=layers)
+                    precision=precision, model_source=model_source_fingerprint(model), layers=layers,
+                    image_orientation=image_orientation if uses_images else "stored")
+
+
+def meta_digest(meta: dict) -> str:
+    """sha256 of every field of an entry's meta.json except ``meta_sha256`` itself (canonical JSON)."""
+    fields = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def read_meta(path: str | Path) -> dict:
+    """An entry's meta.json, checked for shape and against its own checksum; a CacheError names the fault.
+
+    The checksum covers every field (encoder, view, dataset, key, ...), so an edited label never
+    relabels results silently.
+    """
+    entry = Path(path)
+    meta_path = entry / "meta.json"
+    if not meta_path.is_file():
+        raise CacheError(f"{entry} is not a complete feature-cache entry (no meta.json); rerun the extraction")
+    fix = f"delete {entry} and rerun the extraction"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CacheError(f"{meta_path} is corrupt ({exc}); {fix}") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("key"), dict):
+        raise CacheError(f"{meta_path} is not an entry's meta.json (expected a JSON object with a 'key'); {fix}")
+    version = meta["key"].get("format_version")
+    if version != FORMAT_VERSION:
+        raise CacheError(
+            f"{entry} was written with cache format {version}, this version reads format {FORMAT_VERSION}; "
+            f"delete it (or use another --feature_root) and rerun the extraction"
+        )
+    if not isinstance(meta.get("sha256"), dict) or meta.get("meta_sha256") != meta_digest(meta):
+        raise CacheError(f"{meta_path} does not match its checksum (meta_sha256: a field was edited or "
+                         f"removed); {fix}")
+    return meta
+
+
+def seal_meta(meta: dict) -> dict:
+    """``meta`` with its ``meta_sha256`` set (the last step before meta.json is written)."""
+    return {**meta, "meta_sha256": meta_digest(meta)}
+
+
+#: errno values that mean "this cannot be written here" rather than a bug.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, None}
+_NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+
+
+@contextmanager
+def writing(what: Path, cleanup: Path | None = None) -> Iterator[None]:
+    """Turn a failed write under ``what`` (disk full, not writable) into one CacheError naming the path.
+
+    ``cleanup`` (a temporary directory) is removed on failure, so a failed write leaves no debris.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        if exc.errno not in _NO_SPACE | _NO_ACCESS:
+            raise
+        target = exc.filename or what
+        if exc.errno in _NO_ACCESS:
+            raise CacheError(f"cannot write {target}: {exc.strerror}; choose a writable --feature_root") from exc
+        raise CacheError(
+            f"cannot write {target}: {exc.strerror or exc} (disk full?); free space (or choose another "
+            "--feature_root) and rerun the same command: the batches already written are kept and reused"
+        ) from exc
 
 
 def _slug(text: str) -> str:
@@ -263,19 +345,7 @@ class FeatureSet:
 def load_entry(path: str | Path, verify: bool = True, mmap: bool = True) -> FeatureEntry:
     """Open a complete entry; refuse partial, corrupt or incompatible ones with a CacheError."""
     path = Path(path)
-    meta_path = path / "meta.json"
-    if not meta_path.is_file():
-        raise CacheError(f"{path} is not a complete feature-cache entry (no meta.json); rerun the extraction")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CacheError(f"{meta_path} is corrupt ({exc}); delete {path} and rerun the extraction") from exc
-    version = meta.get("key", {}).get("format_version")
-    if version != FORMAT_VERSION:
-        raise CacheError(
-            f"{path} was written with cache format {version}, this version reads format {FORMAT_VERSION}; "
-            f"delete it (or use another --feature_root) and rerun the extraction"
-        )
+    meta = read_meta(path)
     files = [*_ENTRY_FILES, *(_part_file(name) for name in meta.get("parts", {}))]
     if verify:
         for name in files:
@@ -304,6 +374,41 @@ class FeatureStore:
         entry = self.entry_dir(key)
         return entry.with_name(entry.name + ".partial")
 
+    @contextmanager
+    def locked(self, key: CacheKey) -> Iterator[None]:
+        """Hold the entry's lock (``<key>.lock``, an flock) for the block: one extraction per entry at a time.
+
+        A second identical extraction waits here, then finds the first one's entry (a cache hit) or
+        its shards (a resume). The holder deletes the lock file before releasing it, so a waiter that
+        wakes up on a deleted file takes the lock again on the current one; no lock file is left behind.
+        Also the first write of a run, so an unwritable ``--feature_root`` fails before any model loads.
+        """
+        lock = self.entry_dir(key).with_name(f"{key.digest}.lock")
+        announced = False
+        while True:
+            with writing(lock):
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not announced:
+                    print(f"waiting for another extraction of the same entry to finish (it holds {lock})", flush=True)
+                    announced = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # the previous holder deleted this file on release: lock the current one
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            os.close(fd)
+
     def lookup(self, key: CacheKey) -> FeatureEntry | None:
         """The complete, verified entry for ``key``, or None. A corrupt entry is an error, not a miss."""
         path = self.entry_dir(key)
@@ -322,9 +427,10 @@ class FeatureStore:
         plan_path = partial / "plan.json"
         if partial.exists() and (not plan_path.is_file() or json.loads(plan_path.read_text()) != plan):
             shutil.rmtree(partial)
-        partial.mkdir(parents=True, exist_ok=True)
-        if not plan_path.is_file():
-            atomic_write(plan_path, json.dumps(plan, sort_keys=True))
+        with writing(partial):
+            partial.mkdir(parents=True, exist_ok=True)
+            if not plan_path.is_file():
+                atomic_write(plan_path, json.dumps(plan, sort_keys=True))
         return partial
 
     @staticmethod
@@ -335,7 +441,7 @@ class FeatureStore:
     def write_shard(path: Path, indices: np.ndarray, parts: dict[str, np.ndarray], failures: list[dict]) -> None:
         """Save one batch's parts with the row (or image) indices they belong to, atomically."""
         arrays = {f"part:{name}": values for name, values in parts.items()}
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, indices=indices, failures=json.dumps(failures), **arrays)
 
     @staticmethod
@@ -419,25 +525,26 @@ class FeatureStore:
         final = self.entry_dir(key)
         tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / _PARTS_DIR).mkdir(parents=True)
-        for name, values in parts.items():
-            np.save(tmp / _part_file(name), values)
-        np.save(tmp / "valid.npy", valid)
-        rows.to_jsonl(tmp / "rows.jsonl")
-        (tmp / "failures.jsonl").write_text("".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
-        meta = {
-            "key": key.as_dict(),
-            "digest": key.digest,
-            "n_rows": len(rows),
-            "parts": {name: int(values.shape[1]) for name, values in parts.items()},
-            "n_valid": int(valid.sum()),
-            "failures": failures,
-            "sha256": {name: sha256_file(tmp / name) for name in [*_ENTRY_FILES, *map(_part_file, parts)]},
-            "versions": _library_versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **extra_meta,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        with writing(final, cleanup=tmp):  # a full disk leaves no half-written temp entry behind
+            (tmp / _PARTS_DIR).mkdir(parents=True)
+            for name, values in parts.items():
+                np.save(tmp / _part_file(name), values)
+            np.save(tmp / "valid.npy", valid)
+            rows.to_jsonl(tmp / "rows.jsonl")
+            (tmp / "failures.jsonl").write_text("".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
+            meta = seal_meta({
+                "key": key.as_dict(),
+                "digest": key.digest,
+                "n_rows": len(rows),
+                "parts": {name: int(values.shape[1]) for name, values in parts.items()},
+                "n_valid": int(valid.sum()),
+                "failures": failures,
+                "sha256": {name: sha256_file(tmp / name) for name in [*_ENTRY_FILES, *map(_part_file, parts)]},
+                "versions": _library_versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **extra_meta,
+            })
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         if (final / "meta.json").is_file():  # a concurrent run finished first; entries for one key are identical
             shutil.rmtree(tmp)
         else:

@@ -13,12 +13,18 @@ otherwise); choose Lightning's ``CSVLogger`` or ``TensorBoardLogger`` with ``tra
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pandas as pd
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from spatial_probing import stop
+from spatial_probing.errors import ConfigError
+from spatial_probing.io import atomic_write
 from spatial_probing.probes.module import LinearProbe, ProbeDataModule
 from spatial_probing.report.html import write_report
 from spatial_probing.report.tables import comparison_table, format_table, write_results
@@ -37,6 +43,26 @@ def trainer_defaults() -> dict[str, Any]:
     }
 
 
+class StopAfterEntry(Callback):
+    """A SIGTERM received during ``fit`` stops the run after the entry being fitted (`spatial_probing.stop`)."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stop.check(f"{batch_idx + 1} of {trainer.num_training_batches} entries were fitted and no result file "
+                   "was written",
+                   "rerun the same command to fit again")
+
+
+def check_writable(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that cannot be written before any probe is computed."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--out_dir {out_dir} is not writable ({exc.strerror}); choose another --out_dir") from exc
+
+
 class ProbeCLI(LightningCLI):
     """LightningCLI for probing: adds ``out_dir`` and writes the result files after ``fit``."""
 
@@ -51,6 +77,8 @@ class ProbeCLI(LightningCLI):
         return Path(self.config[self.subcommand].out_dir)
 
     def before_fit(self) -> None:
+        check_writable(self.out_dir)
+        self.trainer.callbacks.append(StopAfterEntry())
         for logger in self.trainer.loggers:
             if isinstance(logger, SafeWandbLogger):
                 logger.results_dir = str(self.out_dir)
@@ -64,14 +92,17 @@ class ProbeCLI(LightningCLI):
             print("no probe was evaluated (limit_val_batches=0?): nothing to write")
             return
         fits = pd.DataFrame(self.model.fit_info)
-        written = write_results(df, self.out_dir, fits)
-        config_path = self.out_dir / "config.yaml"
-        parser = self._parser(self.subcommand)
-        config_path.write_text(parser.dump(self.config[self.subcommand], skip_none=False))
-        written["config"] = config_path
         resolved = self.config[self.subcommand].clone().as_dict()
         resolved.pop("config", None)  # the paths of the --config files, not settings
-        written["report"] = write_report(df, fits, self.out_dir, _flatten(resolved))
+        try:  # each file is written atomically: a failure leaves the previous files whole
+            written = write_results(df, self.out_dir, fits)
+            config_path = self.out_dir / "config.yaml"
+            parser = self._parser(self.subcommand)
+            written["config"] = atomic_write(config_path, parser.dump(self.config[self.subcommand], skip_none=False))
+            written["report"] = write_report(df, fits, self.out_dir, _flatten(resolved))
+        except OSError as exc:
+            raise ConfigError(f"cannot write the results to --out_dir {self.out_dir}: {exc.strerror or exc} "
+                              "(disk full?); no file there is left half-written") from exc
         notes = log_results(self.trainer.loggers, df, resolved)
         print(format_table(comparison_table(df)))
         print("\nwrote " + ", ".join(str(p) for p in written.values()))
@@ -101,5 +132,7 @@ def run_fit(args: list[str]) -> int:
             auto_configure_optimizers=False,  # the solvers optimise; there is no torch optimizer
         )
     except SystemExit as exc:  # --help, --print_config and argument errors end the parser this way
+        # Lightning ends a SIGTERM'd fit with SystemExit too (its SIGTERMException): say so, exit non-zero
+        stop.check("the fit was interrupted and no result file was written", "rerun the same command to fit again")
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     return 0

@@ -26,8 +26,8 @@ import torch
 from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 
-from spatial_probing.errors import FeatureError
-from spatial_probing.features.store import FeatureEntry, FeatureSet, load_entry
+from spatial_probing.errors import ConfigError, FeatureError
+from spatial_probing.features.store import FeatureEntry, FeatureSet, load_entry, read_meta
 from spatial_probing.probes import metrics, sklearn_ref, solver
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.report.tables import (
@@ -89,7 +89,7 @@ def _unfinished(meta_path: Path) -> bool:
 
 
 def _entry_dataset(path: Path) -> str | None:
-    return json.loads((path / "meta.json").read_text()).get("dataset")
+    return read_meta(path).get("dataset")
 
 
 def check_features(entry: FeatureSet, block: int = 8192) -> None:
@@ -210,6 +210,7 @@ class ProbeDataModule(pl.LightningDataModule):
         normalize: bool = True,
     ) -> None:
         super().__init__()
+        _check_option("data.n_splits", n_splits, n_splits >= 2, "an integer >= 2 (cross-validation folds)")
         self.save_hyperparameters(ignore=["task"])
         self.task = task
         self.probe_sets: list[ProbeSet] = []
@@ -279,6 +280,12 @@ class ProbeDataModule(pl.LightningDataModule):
 # model
 
 
+def _check_option(name: str, value: Any, ok: bool, valid: str) -> None:
+    """Refuse an option value at config time, naming the option and its valid range."""
+    if not ok:
+        raise ConfigError(f"--{name} {json.dumps(value)} is out of range: expected {valid}")
+
+
 def _resolved(fit_fn: Any, name: str, value: Any) -> Any:
     """The value a solver runs with: the configured one, else the solver's own default."""
     return value if value is not None else inspect.signature(fit_fn).parameters[name].default
@@ -312,7 +319,11 @@ class LinearProbe(pl.LightningModule):
     ) -> None:
         super().__init__()
         if select_C and solver != "batched":
-            raise ValueError("model.select_C needs model.solver=batched (the nested CV is one batched solve)")
+            raise ConfigError("model.select_C needs model.solver=batched (the nested CV is one batched solve)")
+        _check_option("model.Cs", Cs, Cs is None or (len(Cs) > 0 and all(np.isfinite(c) and c > 0 for c in Cs)),
+                      "a non-empty list of finite numbers > 0 (inverse regularisation strengths), or null for [1.0]")
+        _check_option("model.tol", tol, tol is None or (np.isfinite(tol) and tol > 0), "a number > 0, or null")
+        _check_option("model.max_iter", max_iter, max_iter is None or max_iter >= 1, "an integer >= 1, or null")
         self.save_hyperparameters()
         self.Cs = tuple(float(c) for c in (Cs or [1.0]))
         self.automatic_optimization = False  # training_step runs the solver itself
@@ -372,7 +383,18 @@ class LinearProbe(pl.LightningModule):
             "n_converged": int(fit.converged.sum()),
             "max_grad": fit.max_grad,
         })
+        self._warn_unconverged(self.fit_info[-1])
 
+    def _warn_unconverged(self, info: dict[str, Any]) -> None:
+        """Announce probes stopped by the iteration cap: console now, fits.csv and report.html (``warning``)."""
+        unconverged = info["n_problems"] - info["n_converged"]
+        info["warning"] = "" if not unconverged else (
+            f"{unconverged} of {info['n_problems']} probe problems of {info['encoder']} stopped at "
+            f"max_iter={info['max_iter']} before reaching tol={info['tol']:g} (worst gradient {info['max_grad']:.3g}); "
+            "raise --model.max_iter, or keep --data.normalize true for unscaled features"
+        )  # fmt: skip
+        if unconverged:
+            print(f"warning: {info['warning']}", flush=True)
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         index = batch["index"]
         if index not in self._fits:  # sanity-check pass before training: nothing to evaluate

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spatial_probing.io import atomic_write
 from spatial_probing.report.tables import HEADLINE_METRIC, comparison_table, short_encoder, summary
 
 TOLERANCE_NOTE = (
@@ -115,6 +116,7 @@ def render_report(df: pd.DataFrame, fits: pd.DataFrame, config: Mapping[str, Any
         _section(
             "Solver and tolerance",
             _table(solver_rows, fmt="{:g}"),
+            *(f'<p class="note"><b>Warning:</b> {_esc(w)}</p>' for w in fits.get("warning", []) if w),
             f'<p class="note">{_esc(TOLERANCE_NOTE)}</p>',
         ),
         _section(
@@ -145,6 +147,5 @@ def write_report(
 ) -> Path:
     """Write ``report.html`` into ``out_dir`` and return its path."""
     path = Path(out_dir) / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(df, fits, config), encoding="utf-8")
+    atomic_write(path, render_report(df, fits, config))
     return path

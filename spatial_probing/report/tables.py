@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spatial_probing.io import atomic_path
+
 #: What identifies the cache entry (and the task) a result row came from.
 IDENTITY_COLUMNS = ("dataset", "entry", "storage_dtype", "precision", "encoder", "view", "layer", "task")
 RESULT_COLUMNS = (
@@ -113,7 +115,8 @@ def format_table(table: pd.DataFrame, digits: int = 4) -> str:
 
 def _write_csv(df: pd.DataFrame, path: Path, float_format: str, index: bool = False) -> None:
     # lineterminator fixed so the bytes do not depend on the platform
-    df.to_csv(path, index=index, float_format=float_format, lineterminator="\n")
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=index, float_format=float_format, lineterminator="\n")
 
 
 def write_results(df: pd.DataFrame, out_dir: str | Path, fits: pd.DataFrame | None = None) -> dict[str, Path]:
@@ -122,7 +125,9 @@ def write_results(df: pd.DataFrame, out_dir: str | Path, fits: pd.DataFrame | No
     ``fits`` (one row per probe set: provenance, excluded rows, solver, convergence) goes to fits.csv.
 
     Rows are sorted and numbers formatted with a fixed precision (values to 6 decimals, C as ``%g``)
-    so two runs that computed the same numbers produce byte-identical CSVs. Returns the written paths.
+    so two runs that computed the same numbers produce byte-identical CSVs. Every file is written
+    atomically (`spatial_probing.io.atomic_path`): a full disk leaves the previous file, never half a file.
+    Returns the written paths.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +137,8 @@ def write_results(df: pd.DataFrame, out_dir: str | Path, fits: pd.DataFrame | No
     _write_csv(csv_ready, written["results"], "%.6f")
     if importlib.util.find_spec("pyarrow") is not None:
         written["parquet"] = out / "results.parquet"
-        ordered.to_parquet(written["parquet"], index=False)
+        with atomic_path(written["parquet"]) as tmp:
+            ordered.to_parquet(tmp, index=False)
     written["comparison"] = out / "comparison.csv"
     _write_csv(comparison_table(df), written["comparison"], "%.6f", index=True)
     written["summary"] = out / "summary.csv"

@@ -163,7 +163,8 @@ def test_exif_orientation_joins_the_key_of_image_views_only(tmp_path, tiny):
     rows = load_vsr(str(tiny), "train")
 
     def key(orientation: str, uses_images: bool) -> str:
-        return make_key("e", "v", str(tmp_path), rows, "float32", "32-true", orientation, uses_images).digest
+        return make_key("e", "v", str(tmp_path), rows, "float32", "32-true", image_orientation=orientation,
+                        uses_images=uses_images).digest
 
     assert key("exif", True) != key("stored", True)
     assert key("exif", False) == key("stored", False) == key("stored", True)
@@ -520,7 +521,7 @@ def test_unconverged_probes_are_announced_on_console_fits_csv_and_report(tmp_pat
                           "--model.max_iter", "3")) == 0
     console = capsys.readouterr().out
     (warning,) = pd.read_csv(out / "fits.csv")["warning"]
-    assert re.fullmatch(r"\d+ of 15 probe problems of toy:enc@text stopped at max_iter=3 before reaching "
+    assert re.fullmatch(r"\d+ of 15 probe problems of toy:enc stopped at max_iter=3 before reaching "
                         r"tol=1e-10 \(worst gradient \S+\); raise --model.max_iter, or keep --data.normalize true "
                         r"for unscaled features", warning)
     assert f"warning: {warning}" in console

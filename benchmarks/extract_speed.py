@@ -8,7 +8,7 @@ extracted features to the raw encode, and LAST the ratio ``extract / raw encode`
 CPU in float32). ``--bf16`` extracts with ``--trainer.precision bf16-mixed`` (configs/trainer/cpu_bf16.yaml)
 against the same float32 baseline (target >= 2x at cosine >= 0.9999 on CPUs with AVX512-BF16 / AMX;
 the script says when ``lscpu`` lists neither). ``--tune-batch-size`` gives the baseline its fastest batch
-size (of 16, 32, 64, 128 on the first 512 captions); the baseline always runs with torch threads = cores.
+size (of 16, 32, 64, 128 on up to 512 captions); the baseline always runs with torch threads = cores.
 Both timings include loading the model, so the extract path pays for its Lightning set-up, shard writes,
 merge and checksums. The two paths alternate for ``--rounds`` rounds and the best time of each counts,
 so a busy machine penalises neither side.
@@ -65,7 +65,7 @@ def tune_batch_size(model_dir: str, captions: list[str]) -> int:
     for size in (16, 32, 64, 128):
         times[size] = raw_encode(model_dir, sample, size)[0]
     best = min(times, key=times.get)
-    print("raw encode batch sizes (s on 512 captions): "
+    print(f"raw encode batch sizes (s on {len(sample)} captions): "
           + ", ".join(f"{k}: {v:.2f}" for k, v in times.items()) + f" -> {best}")
     return best
 

@@ -81,10 +81,10 @@ def test_analyze_writes_schema_stats_of_every_analysis(tmp_path: Path):
     derived = structure_rows(base)
     rng = np.random.default_rng(0)
     root = tmp_path / "features"
-    write_entry(root / "a", derived, rng.normal(size=(len(derived), 8)).astype(np.float32), encoder="toy:enc@text")
-    write_entry(root / "b", derived, rng.normal(size=(len(derived), 8)).astype(np.float32), encoder="toy:enc@image",
+    write_entry(root / "a", derived, rng.normal(size=(len(derived), 8)).astype(np.float32), encoder="toy:enc")
+    write_entry(root / "b", derived, rng.normal(size=(len(derived), 8)).astype(np.float32), encoder="toy:enc",
                 view="image")
-    write_entry(root / "c", base, rng.normal(size=(len(base), 8)).astype(np.float32), encoder="toy:enc@text")
+    write_entry(root / "c", base, rng.normal(size=(len(base), 8)).astype(np.float32), encoder="toy:enc")
     config = {
         "feature_root": str(root), "out_dir": str(tmp_path / "out"),
         "analyses": [

@@ -77,7 +77,7 @@ def _vsr_like(split: str, n: int, seed: int) -> tuple[SpatialRows, np.ndarray]:
 def _write_splits(root: Path) -> None:
     for k, (split, n) in enumerate((("train", 120), ("dev", 40), ("test", 60))):
         rows, x = _vsr_like(split, n, k)
-        write_entry(root / split, rows, x, encoder="toy:enc@text")
+        write_entry(root / split, rows, x, encoder="toy:enc")
 
 
 def test_truth_analysis_reports_overall_relation_and_meta_rows(tmp_path: Path):

@@ -27,7 +27,7 @@ class Analysis(ABC):
 
 
 def view_of(label: str) -> str:
-    """The view in an entry label: ``openclip:ViT-B-32/openai@image+random-init`` -> ``image``."""
+    """The view in an entry label: ``openclip:ViT-B-32+random-init@image`` -> ``image``."""
     return label.rpartition("@")[2].split("+")[0].split("[")[0] if "@" in label else ""
 
 

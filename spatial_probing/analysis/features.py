@@ -1,9 +1,9 @@
 """What the analyses read: cache entries by (dataset, label), and the baselines computed from the rows.
 
 A `Features` is one matrix over one dataset split's rows, L2-normalised per row, with a validity mask
-and the identity columns its stats.csv rows carry. Encoders come from the feature cache (label =
-``short_encoder(meta.encoder)``, e.g. ``sbert:all-mpnet-base-v2@text`` or
-``openclip:ViT-B-32/openai@image+random-init``); baselines are computed from the rows themselves:
+and the identity columns its stats.csv rows carry. Encoders come from the feature cache, one per (view, layer)
+feature set of an entry (label = ``<short encoder>@<view>[layer]``, e.g. ``sbert:all-mpnet-base-v2@text`` or
+``openclip:ViT-B-32+random-init@image``); baselines are computed from the rows themselves:
 
 - ``baseline:bow`` bag of words (unigram counts): paraphrase and contradiction share their bag exactly.
 - ``baseline:relation`` one-hot of the caption's relation (the text side of the scene baselines).
@@ -13,7 +13,6 @@ and the identity columns its stats.csv rows carry. Encoders come from the featur
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from PIL import Image
 
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.errors import DataError, FeatureError
-from spatial_probing.features.store import FeatureEntry, load_entry
+from spatial_probing.features.store import FeatureSet, load_entry
 from spatial_probing.report.tables import short_encoder
 
 PIXEL_SIDE = 8
@@ -52,7 +51,7 @@ def _identity(rows: SpatialRows, label: str, view: str, entry: str = "") -> dict
     return {"dataset": rows.name, "entry": entry, "encoder": label, "view": view, "layer": "final"}
 
 
-def from_entry(entry: FeatureEntry, label: str) -> Features:
+def from_entry(entry: FeatureSet, label: str) -> Features:
     meta = entry.meta
     identity = {"dataset": str(meta.get("dataset", entry.rows.name)), "entry": entry.path.name, "encoder": label,
                 "view": str(meta.get("view", "")), "layer": str(meta.get("layer", "final"))}
@@ -129,28 +128,29 @@ def pixels(rows: SpatialRows, side: int = PIXEL_SIDE) -> Features:
 # -- the feature cache -------------------------------------------------------------------------------
 
 def entry_label(meta: dict) -> str:
-    """``short_encoder(encoder)`` plus ``[layer]`` for a layer other than the final one."""
+    """``short_encoder(encoder)@view`` plus ``[layer]`` for a layer other than the final one (a feature set's meta)."""
     layer = str(meta.get("layer", "final"))
-    return short_encoder(str(meta["encoder"])) + ("" if layer == "final" else f"[{layer}]")
+    return short_encoder(f"{meta['encoder']}@{meta['view']}") + ("" if layer == "final" else f"[{layer}]")
 
 
 class FeatureIndex:
-    """Complete cache entries under ``feature_root`` by (dataset name, label), optionally kept to ``encoders``."""
+    """Every (view, layer) feature set of the complete cache entries under ``feature_root`` by (dataset name,
+    label), optionally kept to ``encoders``."""
 
     def __init__(self, feature_root: str | Path, encoders: Sequence[str] | None = None) -> None:
         self.root = Path(feature_root).expanduser()
-        self.paths: dict[tuple[str, str], Path] = {}
+        self.paths: dict[tuple[str, str], tuple[Path, str, str]] = {}  # -> (entry, view, layer)
         clashes: dict[tuple[str, str], list[str]] = {}
         for meta_path in sorted(self.root.rglob("meta.json")):
             if any(p.endswith(".partial") or ".tmp-" in p for p in meta_path.relative_to(self.root).parts):
                 continue
-            meta = json.loads(meta_path.read_text())
-            key = (str(meta["dataset"]), entry_label(meta))
-            if encoders is not None and key[1] not in encoders:
-                continue
-            if key in self.paths:
-                clashes.setdefault(key, [str(self.paths[key])]).append(str(meta_path.parent))
-            self.paths[key] = meta_path.parent
+            for feature_set in load_entry(meta_path.parent, verify=False).feature_sets():  # checked when loaded
+                key = (str(feature_set.meta["dataset"]), entry_label(feature_set.meta))
+                if encoders is not None and key[1] not in encoders:
+                    continue
+                if key in self.paths:
+                    clashes.setdefault(key, [str(self.paths[key][0])]).append(str(meta_path.parent))
+                self.paths[key] = (meta_path.parent, feature_set.view, feature_set.layer)
         if clashes:
             key, paths = next(iter(clashes.items()))
             raise FeatureError(f"{len(paths)} cache entries of {key[1]} on {key[0]} ({', '.join(paths)}); "
@@ -167,5 +167,6 @@ class FeatureIndex:
             raise FeatureError(f"no cache entry of {label} on {dataset} under {self.root}; extract it first "
                                f"(entries of {dataset}: {self.labels(dataset) or 'none'})")
         if key not in self._loaded:
-            self._loaded[key] = from_entry(load_entry(self.paths[key]), label)
+            path, view, layer = self.paths[key]
+            self._loaded[key] = from_entry(load_entry(path).view(view, layer), label)
         return self._loaded[key]

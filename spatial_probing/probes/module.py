@@ -381,7 +381,9 @@ class LinearProbe(pl.LightningModule):
             "class_weight": hp.class_weight or "none",
             "n_problems": int(fit.converged.numel()),
             "n_converged": int(fit.converged.sum()),
+            "n_stopped_at_cap": int(fit.stopped_at_cap.sum()),  # ran into max_iter (sklearn: n_iter_ >= max_iter)
             "max_grad": fit.max_grad,
+            "sklearn_version": sklearn_ref.sklearn_version(),  # folds, and the reference solver
         })
         self._warn_unconverged(self.fit_info[-1])
 

@@ -59,6 +59,14 @@ class LogRegFit:
     converged: torch.Tensor  # [F, len(Cs), T] bool: the tolerance was met within max_iter
     grad_max: torch.Tensor  # [F, len(Cs), T] max |scaled gradient| at the answer (sklearn's gtol sense)
     solver: str  # "batched" or "sklearn"
+    # [F, len(Cs), T] bool: the solver stopped because it ran into max_iter, not on its own tolerance
+    # (scikit-learn: n_iter_ >= max_iter). None: the batched solver's rule, which stops only there
+    # or on the gradient test, so it is ~converged.
+    stopped_at_cap: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.stopped_at_cap is None:
+            self.stopped_at_cap = ~self.converged
 
     @property
     def max_grad(self) -> float:
@@ -88,8 +96,9 @@ def fit_logreg(
     ``sample_weight`` ``[n]`` or ``[n, T]``, ``class_weight`` None or ``"balanced"`` (computed per
     problem on its own training rows, as scikit-learn does on the data it is fitted on).
     ``tol`` is scikit-learn's ``gtol`` (max abs gradient of the scaled objective); ``max_iter``
-    bounds Newton steps. ``dtype`` is the precision of the Hessian-vector products (float32 is
-    faster; the answer stays float64-accurate). ``max_problems`` bounds how many problems are
+    bounds Newton steps. ``dtype`` is the precision of the Hessian-vector products: float64,
+    float32 (faster) or bfloat16 (fastest where the hardware multiplies bfloat16 natively, see
+    `bf16_supported`; elsewhere it runs as float32); the answer stays float64-accurate. ``max_problems`` bounds how many problems are
     solved together (memory grows by ~20 ``[n, max_problems]`` float64 arrays; by default about
     the size of the float32 feature matrix). ``warm_start`` first solves each (C, target) loosely
     on the union of its folds and starts every fold there; ``parents[f] = g`` instead starts fold f from fold g's
@@ -100,13 +109,16 @@ def fit_logreg(
     mask = _as_tensor(train_mask).to(dev, torch.bool)
     n_folds, n, n_targets = mask.shape
     Cs = tuple(float(c) for c in Cs)
+    if dtype == torch.bfloat16 and not bf16_supported(dev):
+        dtype = torch.float32
     basis = _Basis.build(X, mask.any(dim=(0, 2)), dtype)
     d = basis.Z.shape[1]
     sw = _sample_weights(sample_weight, n, n_targets, dev)
     if max_problems is None:
         # A problem's working set is ~20 float64 arrays over Z's rows (measured: peak RSS of
-        # benchmarks/probe_memory.py): keep all of them within about the float32 feature matrix.
-        max_problems = max(16, (n * d * 4) // (20 * 8 * basis.Z.shape[0]))
+        # benchmarks/probe_memory.py): keep all of them within about the float32 feature matrix,
+        # or 256 MiB where that is larger (narrow GEMMs waste most of their time reading Z).
+        max_problems = max(16, max(n * d * 4, 2**28) // (20 * 8 * basis.Z.shape[0]))
     parents = _check_parents(parents, n_folds)
     shape = (n_folds, len(Cs), n_targets)
     res = _Solved(
@@ -147,6 +159,21 @@ def fit_logreg(
     return LogRegFit(
         W=W, b=b, Cs=Cs, n_iter=res.n_iter, converged=res.converged, grad_max=res.grad_max, solver="batched"
     )
+
+
+def bf16_supported(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA GPU that supports it, or a
+    CPU with AMX-BF16 or AVX512-BF16 (elsewhere bfloat16 GEMMs are emulated and slower than float32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:  # private, but the only place torch reports these CPU flags
+        flags = torch._C._cpu._get_cpu_capability()
+    except AttributeError:
+        return False
+    return bool(flags.get("amx_bf16") or flags.get("avx512_bf16"))
 
 
 def decision_function(X: ArrayLike, fit: LogRegFit, block: int = 4096) -> torch.Tensor:
@@ -236,14 +263,17 @@ def _as_tensor(a: ArrayLike) -> torch.Tensor:
 
 @dataclass
 class _Basis:
-    """The distinct used rows of X, centred and rotated: ``Z = (X_u - mu) V`` (stored in the HVP dtype).
+    """The distinct used rows of X, centred and rotated: ``Z = (X_u - mu) V``.
 
     Rows with identical features are merged (their weights add up per label), which leaves every
     objective unchanged: VSR repeats each caption and image across rows. ``row_of[i]`` is row
     i's index in Z, -1 for rows no problem trains on (they may hold NaN, e.g. a failed image).
+    Z is stored in float64 or float32 (the problems are defined on these values); ``Zh`` is the
+    copy the Hessian-vector products read: Z itself, or a bfloat16 copy.
     """
 
     Z: torch.Tensor  # [u, d]
+    Zh: torch.Tensor  # [u, d] Z, or Z in bfloat16
     mu: torch.Tensor  # [d] float64
     V: torch.Tensor  # [d, d] float64
     lam: torch.Tensor  # [d] float64, eigenvalues of the count-weighted centred Gram matrix
@@ -253,7 +283,10 @@ class _Basis:
 
     @classmethod
     def build(cls, X: ArrayLike, used: torch.Tensor, dtype: torch.dtype, block: int = 1024) -> _Basis:
-        """Merge, centre and rotate X in row blocks; Z is the only full-size copy made."""
+        """Merge, centre and rotate X in row blocks; Z (and its bfloat16 copy) are the only full-size copies.
+
+        ``dtype`` is the HVP precision: bfloat16 stores Z in float32 plus a bfloat16 copy.
+        """
         dev = used.device
         rows = torch.nonzero(used).squeeze(1).cpu().numpy()
         first, inverse = _distinct_rows(X, rows, block)
@@ -267,15 +300,40 @@ class _Basis:
 
         n_rows = float(counts.sum())
         mu = sum((counts[sl, None] * xb).sum(0) for sl, xb in blocks()) / n_rows
+        # float32 products suffice: the Gram matrix only sets the basis (orthogonal to float64
+        # precision whatever its accuracy, as eigh runs in float64) and the preconditioner's scale.
         gram = sum(
-            ((xb - mu) * counts[sl, None].sqrt()).T @ ((xb - mu) * counts[sl, None].sqrt())
+            ((xb - mu) * counts[sl, None].sqrt()).float().T @ ((xb - mu) * counts[sl, None].sqrt()).float()
             for sl, xb in blocks()
         )
-        lam, V = _eigh_single_thread(gram)
-        Z = torch.empty(len(first), len(mu), dtype=dtype, device=dev)
+        lam, V = _eigh_single_thread(gram.double())
+        store = torch.float32 if dtype == torch.bfloat16 else dtype
+        Z = torch.empty(len(first), len(mu), dtype=store, device=dev)
         for sl, xb in blocks():
-            Z[sl] = ((xb - mu) @ V).to(dtype)
-        return cls(Z=Z, mu=mu, V=V, lam=lam.clamp_min(0), row_of=row_of, n_rows=int(n_rows), block=block)
+            Z[sl] = ((xb - mu) @ V).to(store)
+        Zh = Z.to(dtype)
+        return cls(Z=Z, Zh=Zh, mu=mu, V=V, lam=lam.clamp_min(0), row_of=row_of, n_rows=int(n_rows), block=block)
+
+    @property
+    def vec_dtype(self) -> torch.dtype:
+        """Precision of CG's vectors: Z's (bfloat16 is only ever the matrix side of a product)."""
+        return self.Z.dtype
+
+    def hz(self, P: torch.Tensor) -> torch.Tensor:
+        """``Z @ P`` at HVP precision, returned in `vec_dtype`."""
+        return (self.Zh @ P.to(self.Zh.dtype)).to(self.Z.dtype)
+
+    def htz(self, R: torch.Tensor) -> torch.Tensor:
+        """``Z.T @ R`` at HVP precision, returned in `vec_dtype`."""
+        return (self.Zh.T @ R.to(self.Zh.dtype)).to(self.Z.dtype)
+
+    def mm(self, B: torch.Tensor) -> torch.Tensor:
+        """``Z @ B`` at Z's precision, as float64 (B float64)."""
+        return (self.Z @ B.to(self.Z.dtype)).double()
+
+    def tmm(self, R: torch.Tensor) -> torch.Tensor:
+        """``Z.T @ R`` at Z's precision, as float64 (R float64)."""
+        return (self.Z.T @ R.to(self.Z.dtype)).double()
 
     def mm64(self, B: torch.Tensor) -> torch.Tensor:
         """``Z @ B`` in float64 (Z's stored values, upcast block by block)."""
@@ -325,18 +383,16 @@ def _distinct_rows(X: ArrayLike, rows: np.ndarray, block: int) -> tuple[np.ndarr
     )
     _, rep_pos, group = np.unique(h, return_index=True, return_inverse=True)
     rep = rep_pos[group]  # position (in rows) of each row's representative
+    dup = np.flatnonzero(rep != np.arange(len(rows)))  # only these need the bitwise check
+    cpu = torch.device("cpu")
     same = np.concatenate(
-        [
-            (
-                _rows64(X, rows[i : i + block], torch.device("cpu"))
-                == _rows64(X, rows[rep[i : i + block]], torch.device("cpu"))
-            )
-            .all(1)
-            .numpy()
-            for i in range(0, len(rows), block)
+        [np.zeros(0, dtype=bool)]
+        + [
+            (_rows64(X, rows[dup[i : i + block]], cpu) == _rows64(X, rows[rep[dup[i : i + block]]], cpu)).all(1).numpy()
+            for i in range(0, len(dup), block)
         ]
     )
-    rep = np.where(same, rep, np.arange(len(rows)))
+    rep[dup[~same]] = dup[~same]
     first_pos, inverse = np.unique(rep, return_inverse=True)
     return rows[first_pos], inverse
 
@@ -465,8 +521,10 @@ class _Active:
     steps: torch.Tensor  # [A] Newton steps taken
     lead: torch.Tensor  # [k, k, A] HVP dtype: leading curvature block (see _Preconditioner)
     lead_dsum: torch.Tensor  # [A] HVP dtype: sum(D) it was taken at; 0 = none (cold start)
+    exact: torch.Tensor  # [A] bool: gradients and margin updates in float64 (see `_solve`)
+    gprev: torch.Tensor  # [A] scaled gradient max at the previous step (inf at the start)
 
-    FIELDS = ("ids", "W", "b", "m", "ap", "an", "a", "C", "scale", "steps", "lead", "lead_dsum")
+    FIELDS = ("ids", "W", "b", "m", "ap", "an", "a", "C", "scale", "steps", "lead", "lead_dsum", "exact", "gprev")
 
     def select(self, keep: torch.Tensor) -> _Active:
         return _Active(*(getattr(self, k)[..., keep] for k in self.FIELDS))
@@ -515,7 +573,7 @@ def _anchor_bank(basis: _Basis, union: _Problems, anchor: _Solved) -> dict[str, 
     W_a, b_a = anchor.Wrot.reshape(-1, d).T, anchor.brot.reshape(-1)
     ap, an = union.weights(torch.arange(len(union), device=W_a.device))
     _, D = _loss_derivatives(basis.mm64(W_a) + b_a, ap, ap + an)
-    D = D.to(basis.Z.dtype)
+    D = D.to(basis.vec_dtype)
     return {"W_a": W_a, "b_a": b_a, "lead": _lead_blocks(basis, D, min(_LEAD, d)), "lead_dsum": D.sum(0)}
 
 
@@ -525,11 +583,17 @@ def _solve(basis: _Basis, problems: _Problems, init, tol: float, max_iter: int, 
     Converged problems leave the working set and queued ones take their place, so GEMMs keep
     their width until the queue is empty instead of a chunk idling on its slowest problem.
     ``init`` is None (cold starts) or an `_Init`.
+
+    Precision: with Z in float32, gradients and margin updates are float32 GEMMs accumulated
+    into float64 margins. For tolerances below 1e-7 a problem whose gradient passes the test, or
+    stops falling (float32's rounding floor), is then certified in float64: its margins are recomputed
+    and its gradient retaken from Z's values upcast; if that fails it continues with float64
+    products (``exact``) from there.
     """
     u, d = basis.Z.shape
     N, dev = len(problems), basis.Z.device
-    # Tight tolerances need float64 gradients and margins; float32 rounding sits near 1e-8.
-    exact = tol < 1e-7 or basis.Z.dtype == torch.float64
+    # Below 1e-7 the test itself needs float64 products (float32 rounding of a sum over rows).
+    certify = tol < 1e-7 and basis.Z.dtype != torch.float64
     out_W = torch.zeros(d, N, dtype=torch.float64, device=dev)
     out_b = torch.zeros(N, dtype=torch.float64, device=dev)
     n_iter = torch.zeros(N, dtype=torch.int64, device=dev)
@@ -539,18 +603,23 @@ def _solve(basis: _Basis, problems: _Problems, init, tol: float, max_iter: int, 
     while True:
         room = capacity - (0 if state is None else len(state.ids))
         if queued < N and room >= min(capacity // 4, N - queued):
-            new = _start(
-                basis, problems, torch.arange(queued, min(N, queued + room), device=dev), init, exact
-            )
+            new = _start(basis, problems, torch.arange(queued, min(N, queued + room), device=dev), init)
             queued += len(new.ids)
             state = new if state is None else state.join(new)
         if state is None:
             break
-        r, D = _loss_derivatives(state.m, state.ap, state.a)
-        gw = state.W + state.C * (basis.tmm64(r) if exact else (basis.Z.T @ r.to(basis.Z.dtype)).double())
-        gb = state.C * r.sum(0)
-        gmax = _orig_grad_max(basis, gw, gb) / state.scale
+        r, D, gw, gb, gmax = _gradient(basis, state)
+        if certify:
+            # A Newton step cuts the gradient by far more than 4x; where the float32 one stops
+            # falling it has met its rounding floor (W + C Z^T r, two terms ~|W| that cancel).
+            check = ((gmax <= tol) | (gmax > 0.25 * state.gprev)) & ~state.exact
+            if bool(check.any()):
+                state.exact |= check
+                cols = torch.nonzero(check).squeeze(1)
+                state.m[:, cols] = basis.mm64(state.W[:, cols]) + state.b[cols]
+                r[:, cols], D[:, cols], gw[:, cols], gb[cols], gmax[cols] = _gradient(basis, state, cols)
         ids = state.ids
+        state.gprev = gmax
         out_W[:, ids], out_b[ids], n_iter[ids], grad_max[ids] = state.W, state.b, state.steps, gmax
         ok = gmax <= tol
         converged[ids[ok]] = True
@@ -564,22 +633,42 @@ def _solve(basis: _Basis, problems: _Problems, init, tol: float, max_iter: int, 
         # The last steps need only tol / |g| of relative residual, not the quadratic-rate sqrt(|g|).
         gnorm = torch.sqrt((gw * gw).sum(0) + gb * gb)
         eta = torch.clamp(torch.maximum(torch.sqrt(gmax), 0.5 * tol * state.scale / gnorm), max=0.1)
-        sw_, sb_, zs = _pcg(basis, D.to(basis.Z.dtype), state, gw, gb, eta)
+        sw_, sb_, zs = _pcg(basis, D.to(basis.vec_dtype), state, gw, gb, eta)
         del D
-        if exact:  # margins of the step in float64, so they never drift from Z W + b
-            zs = basis.mm64(sw_) + sb_
+        if zs is None:  # CG's products were bfloat16: the step's margins at Z's precision
+            zs = basis.mm(sw_) + sb_
+        if bool(state.exact.any()):  # margins of the step in float64, so they never drift from Z W + b
+            cols = torch.nonzero(state.exact).squeeze(1)
+            zs[:, cols] = basis.mm64(sw_[:, cols]) + sb_[cols]
         _line_search(state, sw_, sb_, zs, gw, gb)
         _polish_intercept(state)
         state.steps += 1
     return problems.solved(out_W, out_b, n_iter, converged, grad_max)
 
 
-def _start(basis: _Basis, problems: _Problems, idx: torch.Tensor, init: _Init | None, exact: bool) -> _Active:
+def _gradient(basis: _Basis, state: _Active, cols: torch.Tensor | None = None):
+    """Loss derivatives ``r, D [u, P]``, gradient ``gw [d, P], gb [P]`` and scaled max ``[P]`` of
+    the problems ``cols`` (all: None); float64 products where the problem is ``exact``."""
+    sel = slice(None) if cols is None else cols
+    W, m, C, exact = state.W[:, sel], state.m[:, sel], state.C[sel], state.exact[sel]
+    r, D = _loss_derivatives(m, state.ap[:, sel], state.a[:, sel])
+    if bool(exact.all()):
+        zr = basis.tmm64(r)
+    else:
+        zr = basis.tmm(r)
+        if bool(exact.any()):
+            zr[:, exact] = basis.tmm64(r[:, exact])
+    gw = W + C * zr
+    gb = C * r.sum(0)
+    return r, D, gw, gb, _orig_grad_max(basis, gw, gb) / state.scale[sel]
+
+
+def _start(basis: _Basis, problems: _Problems, idx: torch.Tensor, init: _Init | None) -> _Active:
     """Working state of newly admitted problems: weights, and a cold or warm start."""
     ap, an = problems.weights(idx)
     C = problems.C[idx]
     a = ap + an
-    dev, dt, k = ap.device, basis.Z.dtype, min(_LEAD, basis.Z.shape[1])
+    dev, dt, k = ap.device, basis.vec_dtype, min(_LEAD, basis.Z.shape[1])
     if init is None:
         W = torch.zeros(basis.Z.shape[1], len(idx), dtype=torch.float64, device=dev)
         # The intercept's optimum at w = 0 (features are centred): the weighted log-odds. Starting
@@ -593,10 +682,12 @@ def _start(basis: _Basis, problems: _Problems, idx: torch.Tensor, init: _Init | 
         W, b = init.W_a[:, ka].clone(), init.b_a[ka].clone()
         child = kp >= 0
         W[:, child], b[child] = init.W_f[:, kp[child]], init.b_f[kp[child]]
-        m = (basis.mm64(W) if exact else (basis.Z @ W.to(dt)).double()) + b
+        m = basis.mm(W) + b
         lead, lead_dsum = init.lead[..., ka], init.lead_dsum[ka]
     steps = torch.zeros(len(idx), dtype=torch.int64, device=dev)
-    return _Active(idx, W, b, m, ap, an, a, C, C * a.sum(0), steps, lead, lead_dsum)
+    exact = torch.full((len(idx),), basis.Z.dtype == torch.float64, device=dev)
+    gprev = torch.full((len(idx),), float("inf"), dtype=torch.float64, device=dev)
+    return _Active(idx, W, b, m, ap, an, a, C, C * a.sum(0), steps, lead, lead_dsum, exact, gprev)
 
 
 def _loss_derivatives(m, ap, a):
@@ -630,19 +721,20 @@ def _pcg(basis: _Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6):
     """Per-problem preconditioned CG on the Newton system with the intercept eliminated.
 
     The Hessian is ``[[A, c], [c^T, h]]`` with ``A = I + C Z^T D Z``, ``c = C Z^T D 1`` and
-    ``h = C sum(D)``; CG runs on the Schur complement ``A - c c^T / h`` in the HVP dtype, and the
-    intercept step follows exactly. Problems whose residual is small enough drop out of the
-    GEMMs (a few slow problems would otherwise keep every column iterating). Returns the float64
-    step and ``Z s_w + s_b`` (accumulated from CG's products, so it costs no GEMM).
+    ``h = C sum(D)``; CG runs on the Schur complement ``A - c c^T / h`` with its vectors in Z's
+    dtype and its products at HVP precision (`_Basis.hz`), and the intercept step follows
+    exactly. Problems whose residual is small enough drop out of the GEMMs (a few slow problems
+    would otherwise keep every column iterating). Returns the float64 step and ``Z s_w + s_b``,
+    accumulated from CG's products (so it costs no GEMM) when they are in Z's precision, else
+    None (bfloat16 products would put their rounding into the margins).
     """
-    Z = basis.Z
-    dt = Z.dtype
+    dt = basis.vec_dtype
     Cq = state.C.to(dt)
     h = Cq * D.sum(0)
-    c = Cq * (Z.T @ D)
+    c = Cq * basis.htz(D)
     precond = _Preconditioner(basis, D, Cq, c, h, state.lead, state.lead_dsum)
     x = torch.zeros_like(c)
-    zx = torch.zeros_like(D)
+    zx = torch.zeros_like(D) if basis.Zh is basis.Z else None
     r = (-gw + c.double() * (gb / h.double())).to(dt)
     target = eta.to(dt) * torch.sqrt((r * r).sum(0))
     idx = torch.arange(len(h), device=D.device)  # the problems still iterating
@@ -651,11 +743,12 @@ def _pcg(basis: _Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6):
     p = z
     rz = (ra * z).sum(0)
     for _ in range(cg_max):
-        q = Z @ p
-        Sp = p + Ca * (Z.T @ (Da * q)) - ca * ((ca * p).sum(0) / ha)
+        q = basis.hz(p)
+        Sp = p + Ca * basis.htz(Da * q) - ca * ((ca * p).sum(0) / ha)
         alpha = rz / (p * Sp).sum(0)
         x.index_add_(1, idx, alpha * p)
-        zx.index_add_(1, idx, alpha * q)
+        if zx is not None:
+            zx.index_add_(1, idx, alpha * q)
         ra = ra - alpha * Sp
         r[:, idx] = ra
         going = torch.sqrt((ra * ra).sum(0)) > target[idx]
@@ -670,7 +763,7 @@ def _pcg(basis: _Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6):
         rz = rz_new
     x = x.double()
     xb = -(gb + (c.double() * x).sum(0)) / h.double()
-    return x, xb, zx.double() + xb
+    return x, xb, None if zx is None else zx.double() + xb
 
 
 class _Preconditioner:
@@ -738,17 +831,29 @@ def _line_search(state: _Active, sw_, sb_, zs, gw, gb, c1: float = 1e-4, max_hal
     W, m, C = state.W, state.m, state.C
     slope = (gw * sw_).sum(0) + gb * sb_
     wsw, sws = (W * sw_).sum(0), (sw_ * sw_).sum(0)
-    base = _loss(m, state.ap, state.an)
     t = torch.ones_like(gb)
     pending = torch.ones_like(gb, dtype=torch.bool)
+    idx = torch.arange(len(t), device=t.device)  # problems still searching: only their columns are touched
+    base = torch.full_like(t, float("nan"))  # loss at t = 0, computed only where Armijo's test runs
     for _ in range(max_halvings):
-        trial = torch.addcmul(m, zs, t)
-        slope_t = wsw + t * sws + C * _loss_slope(trial, state.ap, state.a).mul_(zs).sum(0)
-        delta = t * wsw + 0.5 * t * t * sws + C * (_loss(trial, state.ap, state.an) - base).sum(0)
-        pending &= (slope_t > 0) & (delta > c1 * t * slope)
-        if not bool(pending.any()):
+        cols = slice(None) if len(idx) == len(t) else idx  # all columns: views, not copies
+        ap, a, zi, ti = state.ap[:, cols], state.a[:, cols], zs[:, cols], t[idx]
+        trial = torch.addcmul(m[:, cols], zi, ti)
+        slope_t = wsw[idx] + ti * sws[idx] + C[idx] * _loss_slope(trial, ap, a).mul_(zi).sum(0)
+        up = slope_t > 0
+        if bool(up.any()):  # Armijo only where the slope test failed: the loss costs two softplus passes
+            j, tj = idx[up], ti[up]
+            new = j[torch.isnan(base[j])]
+            base[new] = _loss(m[:, new], state.ap[:, new], state.an[:, new]).sum(0)
+            delta = tj * wsw[j] + 0.5 * tj * tj * sws[j] + C[j] * (
+                _loss(trial[:, up], state.ap[:, j], state.an[:, j]).sum(0) - base[j]
+            )
+            up[up.clone()] = delta > c1 * tj * slope[j]
+        pending[idx] = up
+        idx = idx[up]
+        if not len(idx):
             break
-        t = torch.where(pending, t * 0.5, t)
+        t[idx] *= 0.5
     t = torch.where(pending, torch.zeros_like(t), t)  # no decrease at all: rounding floor, stay
     state.W = W + t * sw_
     state.b = state.b + t * sb_

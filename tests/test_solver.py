@@ -10,6 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.probes.sklearn_ref import fit_sklearn
 from spatial_probing.probes.solver import (
+    bf16_supported,
     decision_function,
     fit_logreg,
     predict,
@@ -43,7 +44,7 @@ def _sklearn(X, Y, mask, C, class_weight=None, sample_weight=None):
 
 
 @pytest.mark.parametrize("class_weight", [None, "balanced"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_matches_converged_sklearn(class_weight, dtype):
     X, Y, train, _ = _data()
     fit = fit_logreg(X, Y, train, CS, class_weight=class_weight, dtype=dtype)
@@ -92,7 +93,7 @@ def test_rows_outside_the_masks_are_ignored():
 def test_options_do_not_change_the_optimum():
     X, Y, train, _ = _data(3)
     ref = fit_logreg(X, Y, train, CS)
-    for kwargs in ({"warm_start": False}, {"max_problems": 4}, {"dtype": torch.float32}):
+    for kwargs in ({"warm_start": False}, {"max_problems": 4}, {"dtype": torch.float32}, {"dtype": torch.bfloat16}):
         other = fit_logreg(torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(train), CS, **kwargs)
         # both within tol = 1e-10 of the optimum: equal to what that tolerance resolves
         torch.testing.assert_close(other.W, ref.W, atol=1e-6, rtol=0)
@@ -110,6 +111,18 @@ def test_max_iter_stops_and_reports_non_convergence():
     X, Y, train, _ = _data(5)
     fit = fit_logreg(X, Y, train, [100.0], max_iter=1, warm_start=False)
     assert not fit.converged.all() and (fit.n_iter <= 1).all()
+    torch.testing.assert_close(fit.stopped_at_cap, ~fit.converged)
+
+
+def test_bfloat16_products_where_the_hardware_has_them():
+    """bfloat16 HVPs run only where bf16 GEMMs are native; elsewhere the same call runs in float32."""
+    X, Y, train, _ = _data(9)
+    fit = fit_logreg(X, Y, train, CS, dtype=torch.bfloat16)
+    ref = fit_logreg(X, Y, train, CS, dtype=torch.float64)
+    assert fit.converged.all() and fit.max_grad <= 1e-10
+    torch.testing.assert_close(fit.W, ref.W, atol=1e-6, rtol=0)
+    flags = torch._C._cpu._get_cpu_capability()
+    assert bf16_supported("cpu") == bool(flags.get("amx_bf16") or flags.get("avx512_bf16"))
 
 
 def test_sklearn_reference_layout_and_defaults():
@@ -119,11 +132,31 @@ def test_sklearn_reference_layout_and_defaults():
     m = LogisticRegression(C=100.0).fit(X[train[2, :, 1]], Y[train[2, :, 1], 1])
     np.testing.assert_array_equal(ref.W[2, 2, 1].numpy(), m.coef_[0])
     assert ref.n_iter[2, 2, 1] == m.n_iter_[0]
+    torch.testing.assert_close(ref.stopped_at_cap, ref.n_iter >= 100)
+    capped = fit_sklearn(X, Y, train, CS, max_iter=3)  # the cap, not the tolerance, stops these
+    assert capped.stopped_at_cap.any() and (capped.n_iter <= 3).all()
+    torch.testing.assert_close(capped.stopped_at_cap, capped.n_iter >= 3)
+    assert not (capped.stopped_at_cap & capped.converged).any()
     # float64 features: scikit-learn runs lbfgs in the features' dtype, and float32 cannot reach 1e-10
     converged = fit_sklearn(X.astype(np.float64), Y, train, CS, tol=1e-10, max_iter=20000)
     batched = fit_logreg(X, Y, train, CS)
     torch.testing.assert_close(batched.W, converged.W, atol=1e-5, rtol=0)
     assert (converged.grad_max < 1e-7).all() and (ref.grad_max > converged.grad_max).all()
+    torch.testing.assert_close(converged.converged, converged.grad_max <= 1e-10)  # the batched solver's test
+
+
+def test_sklearn_parallel_warm_started_setups_reach_the_same_optimum():
+    """The benchmark's scikit-learn set-ups: joblib workers, warm starts across folds, newton-cholesky."""
+    X, Y, train, _ = _data(10)
+    X64 = X.astype(np.float64)
+    serial = fit_sklearn(X64, Y, train, [1.0], tol=1e-10, max_iter=20000)
+    for solver in ("lbfgs", "newton-cholesky"):
+        other = fit_sklearn(X64, Y, train, [1.0], tol=1e-10, max_iter=20000, solver=solver, n_jobs=2, warm_start=True)
+        torch.testing.assert_close(other.W, serial.W, atol=1e-6, rtol=0)
+        assert not other.stopped_at_cap.any()
+    # warm starts take fewer iterations on the later folds than cold starts do
+    warm = fit_sklearn(X64, Y, train, [1.0], tol=1e-10, max_iter=20000, warm_start=True)
+    assert warm.n_iter[1:].sum() < serial.n_iter[1:].sum()
 
 
 def test_predictions_of_every_row():

@@ -19,7 +19,7 @@ Algorithm (truncated Newton, vectorised over problems):
 * Per problem: at most a few preconditioned CG steps (to a relative residual that tightens as
   the gradient shrinks; longer CG runs cost more than the extra Newton steps they save), then
   its own backtracking line search (trial points are elementwise work: margins are affine in
-  the step), then a few exact 1-D Newton steps on the intercept alone, whose gradient the
+  the step), then an exact 1-D Newton step on the intercept alone, whose gradient the
   quadratic model predicts worst.
 * Problems stream through a working set of fixed width: finished ones leave, queued ones enter.
 * Warm starts: each (C, target) is first solved loosely on the union of its folds' training rows;
@@ -860,7 +860,7 @@ def _line_search(state: _Active, sw_, sb_, zs, gw, gb, c1: float = 1e-4, max_hal
     m.addcmul_(zs, t)
 
 
-def _polish_intercept(state: _Active, steps: int = 2) -> None:
+def _polish_intercept(state: _Active, steps: int = 1) -> None:
     """A few exact 1-D Newton steps on the intercept alone (elementwise work only), in place.
 
     Its gradient sums the margin changes of every row, so it is the component a Newton step

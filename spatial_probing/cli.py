@@ -4,6 +4,7 @@
     spatial-probing fit --config configs/probe/original_protocol.yaml [--data.features [...]]
     spatial-probing analyze --config configs/analysis/vsr_text.yaml
     spatial-probing list-encoders
+    spatial-probing train-grounding --config configs/grounding/mlm.yaml [--seed_everything 1 ...]
 
 ``extract`` and ``fit`` are LightningCLI programs: configs in ``class_path``/``init_args`` style, composed
 with repeated ``--config``, any option overridable on the command line, ``--print_config`` to see the
@@ -106,7 +107,15 @@ def run_analyze(args: list[str]) -> int:
     return analyze(args)
 
 
-COMMANDS = {"extract": run_extract, "fit": run_fit, "analyze": run_analyze, "list-encoders": run_list_encoders}
+def run_train_grounding(args: list[str]) -> int:
+    """Train one arm of the grounding experiment (LightningCLI ``fit``); see docs/grounding.md."""
+    from spatial_probing.grounding.cli import run_train_grounding as train
+
+    return train(args)
+
+
+COMMANDS = {"extract": run_extract, "fit": run_fit, "analyze": run_analyze, "list-encoders": run_list_encoders,
+            "train-grounding": run_train_grounding}
 
 
 def main(argv: list[str] | None = None) -> int:

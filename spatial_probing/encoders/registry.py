@@ -122,6 +122,17 @@ _FAMILIES: dict[str, _Family] = {
                 "hf-clip:/models/clip-b32@all",
             ),
         ),
+        _Family(
+            name="local",
+            module="local",
+            views=("text", "image", "concat"),
+            default_model="outputs/grounding/run/encoder.ckpt",
+            description=(
+                "a `spatial-probing train-grounding` checkpoint (encoder.ckpt or its run dir): text = mean-pooled "
+                "Transformer states, image = CNN features (visual arms only), both pre-projection; concat = text || image."
+            ),
+            examples=("local:outputs/grounding/run/encoder.ckpt@text", "local:outputs/grounding/run@concat"),
+        ),
     )
 }
 

@@ -1,0 +1,1 @@
+"""Controlled grounding experiment: one small text encoder trained text-only or with images (issue 10)."""

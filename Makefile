@@ -58,10 +58,10 @@ reproduce: $(STAMP) $(if $(findstring $(CLIP_SETUP),$(CLIP)),$(CLIP_SETUP)/confi
 	spatial-probing fit --config configs/probe/original_protocol.yaml --data.feature_root $(FEATURES)
 
 GROUNDING_OUT ?= outputs/grounding/demo
-grounding-demo: $(STAMP) ## Grounding study at tiny scale (3 arms x 2 seeds, 2 CPU cores): train, extract, probe, report.
+grounding-demo: $(STAMP) ## Grounding study at tiny scale (3 arms x 2 seeds x 500 steps, 2 CPU cores): train, extract, probe, report.
 	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m spatial_probing.grounding.study --arms mlm contrastive contrastive_hn \
-	  --seeds 0 1 --steps 600 --n_probe 200 --out_dir $(GROUNDING_OUT) \
-	  --train_args "--data.batch_size 64 --data.n_train 10000 --data.n_val 256 --trainer.val_check_interval 100"
+	  --seeds 0 1 --steps 500 --n_probe 200 --out_dir $(GROUNDING_OUT) \
+	  --train_args "--data.batch_size 64 --data.n_train 8000 --data.n_val 256 --trainer.val_check_interval 100"
 
 clean: ## Remove outputs (not the model or image caches under ~/.cache/spatial_probing).
 	rm -rf outputs wandb lightning_logs .make

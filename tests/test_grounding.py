@@ -84,7 +84,7 @@ def test_arm_configs_differ_only_in_the_objective() -> None:
         cfg.pop("config")  # the paths of the --config files themselves
         resolved[arm] = _flat(cfg)
     keys = set().union(*resolved.values())
-    differing = {k for k in keys if len({json.dumps(r.get(k), sort_keys=True) for r in resolved.values()}) > 1}
+    differing = {k for k in keys if len({json.dumps(r.get(k), sort_keys=True, default=str) for r in resolved.values()}) > 1}
     assert differing, "the arms must differ in their objective"
     assert all(k.startswith("model.objective.") for k in differing), differing
     assert resolved["mlm"]["model.objective.class_path"].endswith("MaskedLM")
@@ -130,7 +130,7 @@ def test_checkpoint_round_trips_through_the_registry_and_extraction(tmp_path: Pa
     feature_root = tmp_path / "features"
     name = f"local:{summary['checkpoint']}@concat"
     assert cli_main(["extract", "--model.encoder", name, "--data.dataset", str(probe_dir), "--data.split", "test",
-                     "--feature_root", str(feature_root), "--trainer.enable_progress_bar", "false"]) == 0
+                     "--data.image_root", str(probe_dir / "images"), "--feature_root", str(feature_root), "--trainer.enable_progress_bar", "false"]) == 0
     entry = load_entry(next(feature_root.rglob("meta.json")).parent)
     rows = entry.rows
     model.eval()

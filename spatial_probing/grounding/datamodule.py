@@ -13,7 +13,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from spatial_probing.errors import DataError
 from spatial_probing.grounding import scenes as S
@@ -62,15 +62,18 @@ def evaluation_tensors(scenes: list[S.GroundingScene]) -> dict[str, torch.Tensor
     return out
 
 
-class _Dict(TensorDataset):
-    """A TensorDataset whose items are dicts keyed like the batch (the objectives read names, not positions)."""
+class _Tensors(Dataset):
+    """In-memory examples indexed a whole batch at a time (one gather per tensor instead of a per-row collate)."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        super().__init__(*tensors.values())
-        self.keys = tuple(tensors)
+        self.tensors = tensors
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return dict(zip(self.keys, super().__getitem__(index), strict=True))
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return {key: value[index] for key, value in self.tensors.items()}
 
 
 class GroundingDataModule(pl.LightningDataModule):
@@ -91,21 +94,26 @@ class GroundingDataModule(pl.LightningDataModule):
             raise DataError(f"--data.batch_size must be at least 2 (in-batch negatives), got {batch_size}")
         self.n_train, self.n_val, self.scene_seed = n_train, n_val, scene_seed
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.train_set: _Dict | None = None
-        self.val_sets: dict[str, _Dict] = {}
+        self.train_set: _Tensors | None = None
+        self.val_sets: dict[str, _Tensors] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.train_set = _Dict(training_tensors(self.n_train, self.scene_seed))
+            self.train_set = _Tensors(training_tensors(self.n_train, self.scene_seed))
             # validation scenes come from generator streams disjoint from the training stream
             self.val_sets = {
-                "val": _Dict(evaluation_tensors(S.generate(self.n_val, self.scene_seed + 1_000_003, "train"))),
-                "heldout": _Dict(evaluation_tensors(S.generate(self.n_val, self.scene_seed, "heldout"))),
+                "val": _Tensors(evaluation_tensors(S.generate(self.n_val, self.scene_seed + 1_000_003, "train"))),
+                "heldout": _Tensors(evaluation_tensors(S.generate(self.n_val, self.scene_seed, "heldout"))),
             }
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
+    def _loader(self, data: _Tensors, batch_size: int, shuffle: bool) -> DataLoader:
+        # Lightning swaps in a DistributedSampler-backed batch sampler under DDP, as for any sampler
+        order = RandomSampler(data) if shuffle else SequentialSampler(data)
+        return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=shuffle), batch_size=None,
                           num_workers=self.num_workers)
 
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
     def val_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(self.val_sets[name], batch_size=256, num_workers=self.num_workers) for name in VAL_SETS]
+        return [self._loader(self.val_sets[name], 256, shuffle=False) for name in VAL_SETS]

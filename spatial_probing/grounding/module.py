@@ -76,16 +76,20 @@ class GroundingModule(pl.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._batch_start = time.perf_counter()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.global_step > 10:  # the first steps pay for allocation and warm-up of kernels
-            self._train_time += time.perf_counter() - self._batch_start
+        # batch start to batch start: the step and the loading of the next batch; validation excluded below
+        now = time.perf_counter()
+        if self._batch_start and self.global_step > 10:  # the first steps pay for allocation and warm-up
+            self._train_time += now - self._batch_start
             self._train_samples += batch["input_ids"].shape[0] * self.trainer.world_size
+        self._batch_start = now
+
+    def on_validation_start(self) -> None:
+        self._batch_start = 0.0  # the next interval spans validation: not timed
 
     @property
     def samples_per_second(self) -> float:
-        """Training throughput (all devices) over the timed steps, excluding validation and the first steps."""
+        """Training throughput (all devices) from batch start to batch start, excluding validation and the
+        first steps."""
         return self._train_samples / self._train_time if self._train_time else float("nan")
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -107,7 +111,7 @@ class GroundingModule(pl.LightningModule):
 
     # -- validation ---------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._wins: dict[str, list[torch.Tensor]] = {}
+        self._wins: dict[str, torch.Tensor] = {}  # per score: [wins, scenes] on this rank
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         name = VAL_SETS[dataloader_idx]
@@ -117,15 +121,17 @@ class GroundingModule(pl.LightningModule):
         true = self.objective.match(self, pixels, batch["input_ids"], batch["attention_mask"])
         for kind, prefix in (("retrieval", "neg_"), ("retrieval_swap", "swap_")):
             false = self.objective.match(self, pixels, batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"])
-            self._wins.setdefault(f"{name}/{kind}", []).append((true > false).float())
+            counts = torch.stack([(true > false).sum().double(), torch.tensor(float(len(true)), device=true.device)])
+            key = f"{name}/{kind}"
+            self._wins[key] = self._wins.get(key, 0) + counts
 
     def on_validation_epoch_end(self) -> None:
         if not self._wins:
             return
-        # every rank scored its share of the scenes: gather them all (DistributedSampler may repeat a few)
-        wins = {key: self.all_gather(torch.cat(w)).flatten() for key, w in self._wins.items()}
-        scores = {key: w.mean().item() for key, w in wins.items()}
-        n = len(wins["val/retrieval"])
+        # every rank scored its share of the scenes: sum wins and counts over ranks
+        totals = {key: self.all_gather(c).reshape(-1, 2).sum(0) for key, c in self._wins.items()}
+        scores = {key: (t[0] / t[1]).item() for key, t in totals.items()}
+        n = totals["val/retrieval"][1].item()
         self.log_dict(scores, rank_zero_only=True)
         self.history.append({"step": int(self.global_step), **scores})
         above = scores["val/retrieval"] > 0.5 + CHANCE_Z * math.sqrt(0.25 / n)

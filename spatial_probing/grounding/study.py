@@ -63,7 +63,9 @@ def train_runs(arms: list[str], seeds: list[int], out: Path, steps: int, extra: 
                             "samples_per_s": summary["samples_per_s"], "left_chance_step": summary["left_chance_step"],
                             **{f"final {k}": v for k, v in final.items() if k != "step"},
                             "checkpoint": str(Path(summary["checkpoint"]).resolve())})
-    return pd.DataFrame(records)
+    runs = pd.DataFrame(records)
+    runs["left_chance_step"] = runs.left_chance_step.astype("Int64")  # integer steps; <NA>: never (or no images)
+    return runs
 
 
 # -- 2. probe scenes ---------------------------------------------------------------------------
@@ -103,10 +105,16 @@ def extract(encoder: str, probe_dir: Path, feature_root: Path) -> Path:
 
 
 # -- 4. probes ---------------------------------------------------------------------------------
-def fit(task: str, entries: list[Path], out: Path, min_count: int) -> pd.DataFrame:
+TASKS = {  # the probe tasks of the study, as `fit` configures them (data.task)
+    "relation_type": {"class_path": "spatial_probing.tasks.relation_type.RelationType", "init_args": {"min_count": 10}},
+    "caption_truth": {"class_path": "spatial_probing.tasks.caption_truth.CaptionTruth"},
+}
+
+
+def fit(task: str, entries: list[Path], out: Path) -> pd.DataFrame:
     """Probe ``task`` on every entry through ``spatial-probing fit`` (grouped folds by scene)."""
-    args = ["fit", "--data.features", json.dumps([str(e) for e in entries]), "--data.task", task,
-            "--data.min_count", str(min_count), "--data.folds", "grouped", "--model.class_weight", "balanced",
+    args = ["fit", "--data.features", json.dumps([str(e) for e in entries]), "--data.task", json.dumps(TASKS[task]),
+            "--data.folds", "grouped", "--model.class_weight", "balanced",
             "--model.Cs", "[1.0]", "--trainer.logger", "false", "--out_dir", str(out / "probes" / task), *QUIET]
     if cli_main(args) != 0:
         raise SpatialProbingError(f"probing {task} failed; see the output above")
@@ -162,9 +170,10 @@ def structure_frame(entries: dict[tuple[str, int], Path]) -> tuple[pd.DataFrame,
 
 
 def probe_frame(results: pd.DataFrame, labels: dict[str, tuple[str, int]], metric: str) -> pd.DataFrame:
-    """Per-fold ``metric`` rows of one task labelled with (arm, seed); fold means per target, plus ``mean``."""
+    """Per-fold ``metric`` rows of one task labelled with (arm, seed) by their cache ``entry``; fold means per
+    target, plus ``mean``."""
     part = results[results.metric == metric].copy()
-    part[["arm", "seed"]] = [labels[e] for e in part.encoder]
+    part[["arm", "seed"]] = [labels[e] for e in part.entry]
     per_target = part[["arm", "seed", "task", "target", "fold", "value"]]
     mean = per_target.groupby(["arm", "seed", "task", "fold"], as_index=False)["value"].mean().assign(target="mean")
     return pd.concat([per_target, mean], ignore_index=True)
@@ -234,13 +243,13 @@ def run_study(arms: list[str], seeds: list[int], out: Path, steps: int, extra: l
     # the untrained control: the first arm's architecture with seeded random weights (identical for all arms)
     encoders |= {(CONTROL, s): f"local:{runs.checkpoint.iloc[0]}@text+random-init" for s in seeds[:1]}
     entries = {key: extract(name, probe_dir, feature_root) for key, name in encoders.items()}
-    labels = {str(parse_encoder(name)): key for key, name in encoders.items()}
+    labels = {path.name: key for key, path in entries.items()}
 
     structure_items, rows = structure_frame(entries)
     bow = analysis.structure_items(analysis.bag_of_words(list(rows.captions)), rows)
     bow_scores = bow.groupby("test")["score"].mean()
-    probes = pd.concat([probe_frame(fit("relation_type", list(entries.values()), out, 10), labels, "f1_macro"),
-                        probe_frame(fit("caption_truth", list(entries.values()), out, 10), labels, "accuracy")])
+    probes = pd.concat([probe_frame(fit("relation_type", list(entries.values()), out), labels, "f1_macro"),
+                        probe_frame(fit("caption_truth", list(entries.values()), out), labels, "accuracy")])
     order = [*arms, CONTROL]
     s_stats, s_comp = summarise(structure_items, order, ["test", "relation"], "item", n_boot, level)
     p_stats, p_comp = summarise(probes, order, ["task", "target"], "fold", n_boot, level)

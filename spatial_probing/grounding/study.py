@@ -214,6 +214,17 @@ def answer(comparisons: pd.DataFrame, stats: pd.DataFrame, text_arm: str, level:
     return out
 
 
+def _probe_sentence(stats: pd.DataFrame) -> str:
+    """One line of probe means per arm: relation type is lexical, caption truth from text alone is a control."""
+    means = stats[stats.target.isin(["mean", "caption_truth"])].drop_duplicates(["arm", "task"])
+    parts = {task: ", ".join(f"{r.arm} {r.estimate:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+                             for r in means[means.task == task].itertuples())
+             for task in ("relation_type", "caption_truth")}
+    return (f"Probes on the same captions: relation type (macro-F1; lexical, the relation words are in the caption) "
+            f"{parts['relation_type']}; caption truth from text alone (accuracy; chance by construction) "
+            f"{parts['caption_truth']}.")
+
+
 def write_report(out: Path, blocks: list[tuple[str, object]]) -> None:
     """``report.md`` and ``report.html`` from (kind, content) blocks: h1, h2, p, table."""
     md, page = [], ["<!doctype html><meta charset='utf-8'><title>Grounding study</title>",
@@ -270,6 +281,10 @@ def run_study(arms: list[str], seeds: list[int], out: Path, steps: int, extra: l
               f"over seeds and items ({n_boot} resamples); paired comparisons, Holm-corrected over relations."),
         ("h2", "Answer: does the visual arm encode spatial relations better than the text-only arm?"),
         *[("p", line) for line in answer(s_comp, s_stats, text_arm, level)],
+        ("p", _probe_sentence(p_stats)),
+        *([("p", f"Caution: only {len(seeds)} seeds per arm. The seed level of the bootstrap can only resample "
+                 "those runs, so intervals understate run-to-run variation; run more seeds "
+                 "(--seeds) before quoting a difference.")] if len(seeds) < 5 else []),
         ("p", f"Baselines on the same {n_items} scenes: bag of words structure {bow_scores['structure']:.3f} "
               f"(a tie by construction), swap {bow_scores['swap']:.3f}; untrained ({CONTROL}) encoder in the "
               "tables below. Chance is 0.5 for both tests."),

@@ -108,7 +108,7 @@ def test_slug_is_directory_safe_and_distinct() -> None:
 
 def test_list_encoders_covers_every_family() -> None:
     entries = {entry["family"]: entry for entry in list_encoders()}
-    assert set(entries) == {"sbert", "openclip", "hf-clip"}
+    assert set(entries) == {"sbert", "openclip", "hf-clip", "local"}
     assert "ViT-B-32" in entries["openclip"]["architectures"].split(", ")
     assert "text-pooled" in entries["hf-clip"]["views"]
     for entry in entries.values():
@@ -123,7 +123,7 @@ def test_list_encoders_covers_every_family() -> None:
 @pytest.mark.parametrize(
     ("name", "view", "message"),
     [
-        ("bert:foo", None, "family one of sbert, openclip, hf-clip; run `spatial-probing list-encoders`"),
+        ("bert:foo", None, "family one of sbert, openclip, hf-clip, local; run `spatial-probing list-encoders`"),
         ("sbert:foo@image", None, "view 'image' is not supported by the sbert family"),
         ("hf-clip:foo@text", "image", "names view 'text' but view 'image' was also requested"),
     ],

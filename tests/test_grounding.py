@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from spatial_probing.cli import main as cli_main
 from spatial_probing.encoders.registry import create_encoder
+from spatial_probing.encoders.views import combine
 from spatial_probing.errors import DataError, EncoderError
 from spatial_probing.features.store import load_entry
 from spatial_probing.grounding import analysis
@@ -140,7 +141,7 @@ def test_checkpoint_round_trips_through_the_registry_and_extraction(tmp_path: Pa
         scenes = S.generate(6, 1, "heldout")
         pixels = torch.from_numpy(S.images(scenes))[[int(s) for s in rows.extra["scene"]]]
         image = model.image(to_pixels(pixels))
-    expected = torch.cat([text, image], dim=1).numpy()
+    expected = combine([image.numpy(), text.numpy()])  # the concat view: L2([L2(image) || L2(text)])
     np.testing.assert_allclose(np.asarray(entry.features), expected, rtol=1e-5, atol=1e-6)
     # the untrained control has the same architecture and other weights
     control = create_encoder(f"local:{summary['checkpoint']}@text+random-init")

@@ -3,7 +3,8 @@
 The checkpoint holds the weights (``state_dict``: ``text.*`` and, for visual arms, ``image.*``) and
 the architecture and vocabulary (``checkpoint["grounding"]``), so nothing else is needed to rebuild
 the tokenizer and both towers. Views: ``text`` (mean-pooled final hidden states, pre-projection,
-the same feature for every arm), ``image`` (the CNN's features, pre-projection) and ``concat``.
+the same feature for every arm), ``image`` (the CNN's features, pre-projection) and ``concat``
+(each stored L2-normalised, as every view; see ``encoders/views.py``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def build(spec: EncoderSpec) -> LocalEncoder:
     if CHECKPOINT_KEY not in checkpoint:
         raise EncoderError(f"encoder {spec}: {path} is not a train-grounding checkpoint (no {CHECKPOINT_KEY!r} entry)")
     architecture = checkpoint[CHECKPOINT_KEY]
-    if spec.view != "text" and architecture["image"] is None:
+    if set(spec.views) - {"text"} and architecture["image"] is None:
         raise EncoderError(f"encoder {spec}: view {spec.view!r} needs an image tower, but {path} was trained "
                            f"text-only ({architecture['objective']}); use view text")
     return LocalEncoder(spec, architecture, None if spec.random_init else checkpoint["state_dict"])

@@ -125,11 +125,11 @@ _FAMILIES: dict[str, _Family] = {
         _Family(
             name="local",
             module="local",
-            views=("text", "image", "concat"),
             default_model="outputs/grounding/run/encoder.ckpt",
             description=(
                 "a `spatial-probing train-grounding` checkpoint (encoder.ckpt or its run dir): text = mean-pooled "
-                "Transformer states, image = CNN features (visual arms only), both pre-projection; concat = text || image."
+                "Transformer states, image = CNN features (visual arms only), both pre-projection, L2-normalised; "
+                "concat = L2([L2(image) || L2(text)])."
             ),
             examples=("local:outputs/grounding/run/encoder.ckpt@text", "local:outputs/grounding/run@concat"),
         ),

@@ -71,6 +71,11 @@ FAMILY_VIEWS: dict[str, tuple[View, ...]] = {
         View("image", ("image",), "visual_projection(vision_model(...).pooler_output) (the study's CLIP image)"),
         _CONCAT,
     ),
+    "local": (  # a train-grounding checkpoint (encoders/local.py)
+        View("text", ("text",), "mean-pooled final Transformer states, pre-projection"),
+        View("image", ("image",), "CNN features, pre-projection (visual arms only)"),
+        _CONCAT,
+    ),
 }
 ALL = "all"
 

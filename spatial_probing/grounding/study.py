@@ -30,8 +30,8 @@ import pandas as pd
 
 from spatial_probing.cli import main as cli_main
 from spatial_probing.data.rows import SpatialRows
-from spatial_probing.encoders.registry import parse_encoder
 from spatial_probing.errors import SpatialProbingError
+from spatial_probing.features.runs import recorded_hit
 from spatial_probing.features.store import load_entry
 from spatial_probing.grounding import analysis
 from spatial_probing.grounding import scenes as S
@@ -97,11 +97,10 @@ def extract(encoder: str, probe_dir: Path, feature_root: Path) -> Path:
             "--data.split", "test", "--feature_root", str(feature_root), *QUIET]
     if cli_main(args) != 0:
         raise SpatialProbingError(f"extraction of {encoder} failed; see the output above")
-    wanted = str(parse_encoder(encoder))
-    for meta in sorted(feature_root.rglob("meta.json")):
-        if json.loads(meta.read_text()).get("encoder") == wanted:
-            return meta.parent
-    raise SpatialProbingError(f"no cache entry for {wanted} under {feature_root} after extraction")
+    entry = recorded_hit(args[1:])  # the run record the extraction just wrote names its cache entry
+    if entry is None:
+        raise SpatialProbingError(f"no cache entry recorded for {encoder} under {feature_root} after extraction")
+    return entry.path
 
 
 # -- 4. probes ---------------------------------------------------------------------------------

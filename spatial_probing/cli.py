@@ -3,6 +3,7 @@
     spatial-probing extract --config configs/extract/sbert_mpnet.yaml [--trainer.devices 2 ...]
     spatial-probing fit --config configs/probe/original_protocol.yaml [--data.features [...]]
     spatial-probing analyze --config configs/analysis/vsr_text.yaml
+    spatial-probing report --results outputs/probe/demo [--out DIR]
     spatial-probing list-encoders
 
 ``extract`` and ``fit`` are LightningCLI programs: configs in ``class_path``/``init_args`` style, composed
@@ -106,7 +107,17 @@ def run_analyze(args: list[str]) -> int:
     return analyze(args)
 
 
-COMMANDS = {"extract": run_extract, "fit": run_fit, "analyze": run_analyze, "list-encoders": run_list_encoders}
+def run_report(args: list[str]) -> int:
+    """Write the HTML report and figure files of a ``fit`` output directory."""
+    from spatial_probing.report.build import main as report
+
+    return report(args)
+
+
+COMMANDS = {
+    "extract": run_extract, "fit": run_fit, "analyze": run_analyze, "report": run_report,
+    "list-encoders": run_list_encoders,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import sys
 import warnings
 from typing import Literal
 
+from spatial_probing.console import quiet_libraries
 from spatial_probing.errors import SpatialProbingError
 from spatial_probing.stop import stop_on_signal
 
@@ -68,6 +69,7 @@ def run_extract(args: list[str]) -> int:
         run=False,
         args=args,
         save_config_callback=None,
+        seed_everything_default=0,  # explicit: LightningCLI warns "No seed found" on every run without one
         trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False},
     )
     cfg = cli.config
@@ -123,6 +125,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``spatial-probing`` console script."""
     argv = sys.argv[1:] if argv is None else argv
+    quiet_libraries()
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
         print(USAGE)
         return 0 if not argv or argv[0] in {"-h", "--help"} else 2

@@ -119,6 +119,7 @@ def run_fit(args: list[str]) -> int:
             args=["fit", *args],
             trainer_defaults=trainer_defaults(),
             save_config_callback=None,  # config.yaml goes to out_dir with the results instead
+            seed_everything_default=0,  # explicit: LightningCLI warns "No seed found" on every run without one
             auto_configure_optimizers=False,  # the solvers optimise; there is no torch optimizer
         )
     except SystemExit as exc:  # --help, --print_config and argument errors end the parser this way

@@ -11,6 +11,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.colors import Normalize, TwoSlopeNorm
@@ -46,7 +47,8 @@ class ReportFigure:
         return self._save("png", dpi=dpi)
 
     def svg(self) -> bytes:
-        return self._save("svg")
+        with matplotlib.rc_context({"svg.fonttype": "none"}):  # labels stay text: searchable, selectable
+            return self._save("svg")
 
     def _save(self, fmt: str, **kwargs) -> bytes:
         buffer = io.BytesIO()
@@ -233,9 +235,8 @@ def gains(run: RunFiles, metric: str = HEADLINE_METRIC, reference: str | None = 
     for ax, other in zip(axes, others, strict=True):
         part = table[table["other"] == other].sort_values("gain", kind="mergesort")
         pos = np.arange(len(part))
-        colours = np.where(part["significant"], "#c0392b", "0.55")
-        ax.errorbar(part["gain"], pos, xerr=[part["gain"] - part["low"], part["high"] - part["gain"]],
-                    fmt="none", ecolor=colours, elinewidth=1.2, capsize=2)  # fmt: skip
+        colours = ["#c0392b" if sig else "0.55" for sig in part["significant"]]
+        ax.hlines(pos, part["low"], part["high"], colors=colours, linewidth=1.2)  # the confidence intervals
         ax.scatter(part["gain"], pos, c=colours, s=16, zorder=3)
         for p, (gain, high, sig) in enumerate(zip(part["gain"], part["high"], part["significant"], strict=True)):
             if sig:

@@ -224,6 +224,26 @@ def test_wandb_offline_run_holds_the_relation_table(tmp_path, wandb_dir, capsys)
     assert "MEAN" in out and f"W&B run: {tables[0].parents[3]}" in out
 
 
+def test_wandb_run_goes_with_the_outputs_holds_figures_and_stays_quiet(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_DIR", "WANDB_SILENT"):  # the run directory and the console as a user gets them
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert run_fit(_fit_args(tmp_path)) == 0
+    assert not (tmp_path / "wandb").exists()  # not in the working directory
+    (run,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    media = run / "files" / "media"
+    assert len(list(media.glob("table/relations_*.table.json"))) == 1
+    images = {p.name.rsplit("_", 2)[0] for p in media.glob("images/figures/*.png")}
+    assert {"heatmap", "distribution", "scatter", "meta_categories"} <= images
+    assert len(list(media.glob("table/meta_categories/*.table.json"))) == 2  # one bar chart per probe
+    # an offline run keeps its summary in the run's binary log only
+    assert b"mean/toy:b@image/f1_macro" in next(run.glob("run-*.wandb")).read_bytes()
+    out, err = capfd.readouterr()
+    assert "Run history" not in out + err and "Run summary" not in out + err
+    assert f"W&B run: {run}" in out and f"report: {tmp_path / 'out' / 'report.html'}" in out
+
+
 @pytest.mark.parametrize("fault", ["init", "log"])
 def test_wandb_failure_still_writes_results_and_says_where(tmp_path, wandb_dir, monkeypatch, capsys, fault):
     import wandb

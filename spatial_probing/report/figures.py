@@ -82,7 +82,7 @@ def relation_table(run: RunFiles, metric: str = HEADLINE_METRIC) -> pd.DataFrame
 
 def reference_label(labels: list[str], reference: str | None = None) -> str | None:
     """The probe others are compared with: the label equal to (or starting with) ``reference``, else the
-    first SBERT probe, else the first that is not a baseline."""
+    first SBERT probe that is neither a baseline nor a random-init control, else the first such probe."""
     if not labels:
         return None
     if reference:
@@ -90,8 +90,8 @@ def reference_label(labels: list[str], reference: str | None = None) -> str | No
         if not match:
             raise SpatialProbingError(f"--reference {reference!r} matches none of the probes {labels}")
         return match[0]
-    candidates = [lab for lab in labels if lab.startswith("sbert:")] or [lab for lab in labels if kind(lab) != "baseline"]
-    return (candidates or labels)[0]
+    encoders = [lab for lab in labels if kind(lab) == "encoder"]
+    return ([lab for lab in encoders if lab.startswith("sbert:")] or encoders or labels)[0]
 
 
 def _text_width(labels) -> float:
@@ -129,7 +129,7 @@ def heatmap(run: RunFiles, metric: str = HEADLINE_METRIC, reference: str | None 
     ax.set_yticks(range(n_rows), labels=table.index, fontsize=8.5)
     ax.set_xlabel("probe (encoder@view)")
     ax.set_ylabel(f"relation (sorted by {ref})")
-    bar = fig.colorbar(image, ax=ax, shrink=min(1.0, 12 / max(n_rows, 1)) if n_rows > 12 else 1.0, pad=0.02)
+    bar = fig.colorbar(image, ax=ax, shrink=0.6 if n_rows > 12 else 1.0, pad=0.02)
     bar.set_label(f"{metric_title(metric)} (mean over folds)")
     if chance is not None:
         bar.ax.axhline(chance, color="black", linewidth=2)
@@ -159,8 +159,9 @@ def reference_scatter(run: RunFiles, metric: str = HEADLINE_METRIC, reference: s
         ax.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=1, label="y = x")
         ax.scatter(x, y, s=18, color=_colour(label), alpha=0.8, edgecolor="white", linewidth=0.4)
         gap = np.abs(y - x)
-        for i in np.argsort(np.nan_to_num(-gap))[:3]:  # name the relations furthest from the diagonal
-            ax.annotate(table.index[i], (x[i], y[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for k, i in enumerate(np.argsort(np.nan_to_num(-gap))[:3]):  # name the relations furthest from y = x
+            ax.annotate(table.index[i], (x[i], y[i]), fontsize=7, xytext=(-8, 12 + 11 * k), textcoords="offset points",
+                        ha="right", arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})  # fmt: skip
         ax.set(xlim=(0, 1.02), ylim=(0, 1.02), aspect="equal")
         ax.set_xlabel(f"{ref}\n{metric_title(metric)}", fontsize=8)
         ax.set_ylabel(f"{metric_title(metric)}", fontsize=8)

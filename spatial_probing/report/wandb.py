@@ -56,9 +56,9 @@ class SafeWandbLogger(WandbLogger):
         if kwargs.get("settings") is None:
             import wandb
 
-            # quiet: no run-history/summary dump of every metric name (hundreds per fit) at finish; the
-            # fit prints where the run is itself (log_results)
-            kwargs["settings"] = wandb.Settings(quiet=True)
+            # silent: no run-history/summary dump of every metric name (hundreds per fit) at finish and no
+            # banner at start; the fit prints where the run is itself (log_results) and any W&B fault (_fail)
+            kwargs["settings"] = wandb.Settings(silent=True)
         # read $WANDB_DIR per logger: wandb caches its environment once per process
         save_dir = save_dir or os.environ.get("WANDB_DIR")
         super().__init__(project=project, name=name, save_dir=save_dir, **kwargs)

@@ -158,7 +158,12 @@ def render_report(run: RunFiles, figures: list[ReportFigure]) -> str:
         fits = run.fits.set_index(run.fits["encoder"].map(short_encoder).rename("encoder"))
         solver_rows = fits[[c for c in _SOLVER_COLUMNS if c in fits]]
         sections += [
-            _section("Solver and tolerance", _table(solver_rows, fmt="{:g}"), f'<p class="note">{_esc(TOLERANCE_NOTE)}</p>'),
+            _section(
+                "Solver and tolerance",
+                _table(solver_rows, fmt="{:g}"),
+                *(f'<p class="note"><b>Warning:</b> {_esc(w)}</p>' for w in fits.get("warning", []) if w),
+                f'<p class="note">{_esc(TOLERANCE_NOTE)}</p>',
+            ),
             _section(
                 "Rows excluded per encoder",
                 "<p>Rows whose image failed to load are excluded from every fold of that encoder "

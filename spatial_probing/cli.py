@@ -3,6 +3,7 @@
     spatial-probing extract --config configs/extract/sbert_mpnet.yaml [--trainer.devices 2 ...]
     spatial-probing fit --config configs/probe/original_protocol.yaml [--data.features [...]]
     spatial-probing analyze --config configs/analysis/vsr_text.yaml
+    spatial-probing report --results outputs/probe/demo [--out DIR]
     spatial-probing list-encoders
     spatial-probing train-grounding --config configs/grounding/mlm.yaml [--seed_everything 1 ...]
 
@@ -18,6 +19,7 @@ import sys
 import warnings
 from typing import Literal
 
+from spatial_probing.console import quiet_libraries
 from spatial_probing.errors import SpatialProbingError
 from spatial_probing.stop import stop_on_signal
 
@@ -68,6 +70,7 @@ def run_extract(args: list[str]) -> int:
         run=False,
         args=args,
         save_config_callback=None,
+        seed_everything_default=0,  # explicit: LightningCLI warns "No seed found" on every run without one
         trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False},
     )
     cfg = cli.config
@@ -116,13 +119,23 @@ def run_train_grounding(args: list[str]) -> int:
     return train(args)
 
 
-COMMANDS = {"extract": run_extract, "fit": run_fit, "analyze": run_analyze, "list-encoders": run_list_encoders,
-            "train-grounding": run_train_grounding}
+def run_report(args: list[str]) -> int:
+    """Write the HTML report and figure files of a ``fit`` output directory."""
+    from spatial_probing.report.build import main as report
+
+    return report(args)
+
+
+COMMANDS = {
+    "extract": run_extract, "fit": run_fit, "analyze": run_analyze, "report": run_report,
+    "list-encoders": run_list_encoders, "train-grounding": run_train_grounding,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``spatial-probing`` console script."""
     argv = sys.argv[1:] if argv is None else argv
+    quiet_libraries()
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
         print(USAGE)
         return 0 if not argv or argv[0] in {"-h", "--help"} else 2

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from probe_entries import toy_entry, toy_features, toy_rows, write_entry
 
+from spatial_probing.cli import main
 from spatial_probing.probes.fit_cli import run_fit
-from spatial_probing.report.html import render_report
+from spatial_probing.report.figures import _gains, reference_label
+from spatial_probing.report.run_files import load_run
 from spatial_probing.report.tables import (
     comparison_table,
     format_table,
@@ -95,19 +97,84 @@ def test_write_results_is_sorted_and_fixed_format(tmp_path):
     ]
 
 
-def test_html_report_has_heatmap_tolerance_note_and_exclusions():
-    fits = pd.DataFrame([
-        {"encoder": "sbert:/home/u/models/all-mpnet-base-v2@text", "view": "text", "layer": "final", "n_rows": 10,
-         "n_excluded": 0, "path": "a", "solver": "sklearn", "tol": 1e-4, "max_iter": 100, "class_weight": "none",
-         "n_converged": 4, "n_problems": 4},
-        {"encoder": "openclip:ViT-B-32/openai@image", "view": "image", "layer": "final", "n_rows": 10,
-         "n_excluded": 3, "path": "b", "solver": "sklearn", "tol": 1e-4, "max_iter": 100, "class_weight": "none",
-         "n_converged": 4, "n_problems": 4},
-    ])  # fmt: skip
-    page = render_report(_frame(), fits, {"model.solver": "sklearn"})
+_FITS = pd.DataFrame([
+    {"encoder": "sbert:/home/u/models/all-mpnet-base-v2@text", "view": "text", "layer": "final", "n_rows": 10,
+     "n_excluded": 0, "path": "a", "solver": "sklearn", "tol": 1e-4, "max_iter": 100, "class_weight": "none",
+     "n_converged": 4, "n_problems": 4},
+    {"encoder": "openclip:ViT-B-32/openai@image", "view": "image", "layer": "final", "n_rows": 10,
+     "n_excluded": 3, "path": "b", "solver": "sklearn", "tol": 1e-4, "max_iter": 100, "class_weight": "none",
+     "n_converged": 4, "n_problems": 4},
+])  # fmt: skip
+_SBERT, _CLIP = "sbert:all-mpnet-base-v2@text", "openclip:ViT-B-32/openai@image"
+
+
+def _stats_and_comparisons(directory: Path) -> None:
+    """stats.csv and comparisons.csv rows in SCHEMA.md's layout for the two probes of `_frame`."""
+    identity = {"dataset": "vsr_random/train", "view": "text", "layer": "final", "level": 0.95, "method": "bootstrap"}
+    stats = [
+        {**identity, "entry": "keysbe", "encoder": "sbert:/home/u/models/all-mpnet-base-v2@text", "task": "relation_type",
+         "target": "meta:Projective", "metric": "f1_macro", "estimate": 0.65, "ci_low": 0.6, "ci_high": 0.7},
+        {**identity, "entry": "keyope", "encoder": "openclip:ViT-B-32/openai@image", "view": "image",
+         "task": "relation_type", "target": "meta:Projective", "metric": "f1_macro", "estimate": 0.35,
+         "ci_low": 0.3, "ci_high": 0.4},
+        {**identity, "entry": "keysbe", "encoder": "sbert:/home/u/models/all-mpnet-base-v2@text", "task": "structure",
+         "target": "mean", "metric": "converse_accuracy", "estimate": 0.5, "ci_low": 0.45, "ci_high": 0.55},
+    ]  # fmt: skip
+    pd.DataFrame(stats).to_csv(directory / "stats.csv", index=False)
+    comparisons = [  # the reference on either side: gains come out as (other - reference)
+        {"task": "relation_type", "target": "left of", "metric": "f1_macro", "label_a": _SBERT, "label_b": _CLIP,
+         "diff": 0.4, "ci_low": 0.3, "ci_high": 0.5, "p_value": 0.001, "p_holm": 0.002, "significant": True,
+         "method": "paired bootstrap"},
+        {"task": "relation_type", "target": "above", "metric": "f1_macro", "label_a": _CLIP, "label_b": _SBERT,
+         "diff": -0.2, "ci_low": -0.5, "ci_high": 0.1, "p_value": 0.3, "p_holm": 0.3, "significant": False,
+         "method": "paired bootstrap"},
+        {"task": "relation_type", "target": "wins", "metric": "f1_macro", "label_a": _SBERT, "label_b": _CLIP,
+         "diff": 1, "ci_low": None, "ci_high": None, "p_value": None, "p_holm": None, "significant": None,
+         "method": "count"},
+    ]  # fmt: skip
+    pd.DataFrame(comparisons).to_csv(directory / "comparisons.csv", index=False)
+
+
+def test_gains_are_other_minus_reference_whichever_side_it_was_on(tmp_path):
+    write_results(_frame(), tmp_path, _FITS)
+    _stats_and_comparisons(tmp_path)
+    run = load_run(tmp_path)
+    assert reference_label(list(pd.unique(run.results["label"]))) == _SBERT  # the first sbert probe by default
+    gains = _gains(run.comparisons, _SBERT, "f1_macro").set_index("target")
+    assert list(gains.index) == ["left of", "above"] and set(gains["other"]) == {_CLIP}
+    np.testing.assert_allclose(gains[["gain", "low", "high"]].to_numpy(), [[-0.4, -0.5, -0.3], [-0.2, -0.5, 0.1]])
+    assert gains["significant"].tolist() == [True, False]
+
+
+def test_report_embeds_every_figure_and_writes_png_and_svg(tmp_path, capsys):
+    results = tmp_path / "run"
+    write_results(_frame(), results, _FITS)
+    _stats_and_comparisons(results)
+    (results / "config.yaml").write_text("model:\n  solver: sklearn\n")
+    assert main(["report", "--results", str(results), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    figures = ["heatmap", "scatter", "distribution", "gains", "meta_categories", "baselines_controls", "structure"]
+    for name in figures:
+        assert f'id="fig-{name}"' in page
+        assert (tmp_path / "report" / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert "<svg" in (tmp_path / "report" / "figures" / f"{name}.svg").read_text()
+    assert page.count('src="data:image/png;base64,') == len(figures) and "http" not in page.split("<body>")[1]
+    assert 'data-rows="2"' in page and "solver: sklearn" in page
+    heatmap = (tmp_path / "report" / "figures" / "heatmap.svg").read_text()
+    assert ">left of<" in heatmap and ">above<" in heatmap and "macro-F1 (mean over folds)" in heatmap
+    assert "chance 0.5" in heatmap
+    meta = (tmp_path / "report" / "figures" / "meta_categories.svg").read_text()
+    assert "bootstrap CIs" in page and ">Projective<" in meta
+    # the tables stay: heat-coloured comparison, tolerance note, exclusions, meta-categories
     assert "hsl(210, 70%, 40%)" in page and "hsl(210, 70%, 95%)" in page  # max 0.7 darkest, min 0.3 lightest
-    assert "0.7097" in page and "0.7141" in page and "partly reflect solver tolerance" in page
-    assert "<td>3</td>" in page and "Projective" in page and "0.6500 \u00b1 0.0000" in page
+    assert "0.7097" in page and "partly reflect solver tolerance" in page and "<td>3</td>" in page
+    assert "0.6500 \u00b1 0.0000" in page
+    assert capsys.readouterr().out.startswith(f"report: {tmp_path / 'report' / 'report.html'} (7 figures")
+
+
+def test_report_of_a_directory_without_results_says_so(tmp_path, capsys):
+    assert main(["report", "--results", str(tmp_path)]) == 2
+    assert f"no results.csv in {tmp_path}" in capsys.readouterr().err
 
 
 # -- end to end through the fit CLI ------------------------------------------------------------
@@ -155,6 +222,24 @@ def test_wandb_offline_run_holds_the_relation_table(tmp_path, wandb_dir, capsys)
     assert by_relation["near"][3] == pytest.approx(comparison.loc["near", "toy:b"], abs=1e-6)
     out = capsys.readouterr().out
     assert "MEAN" in out and f"W&B run: {tables[0].parents[3]}" in out
+
+
+def test_wandb_run_goes_with_the_outputs_holds_figures_and_stays_quiet(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_DIR", "WANDB_SILENT"):  # the run directory and the console as a user gets them
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert run_fit(_fit_args(tmp_path)) == 0
+    assert not (tmp_path / "wandb").exists()  # not in the working directory
+    (run,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    media = run / "files" / "media"
+    assert len(list(media.glob("table/relations_*.table.json"))) == 1
+    images = {p.name.rsplit("_", 2)[0] for p in media.glob("images/figures/*.png")}
+    assert {"heatmap", "distribution", "scatter", "meta_categories"} <= images
+    assert len(list(media.glob("table/meta_categories/*.table.json"))) == 2  # one bar chart per probe
+    out, err = capfd.readouterr()
+    assert "Run history" not in out + err and "Run summary" not in out + err
+    assert f"W&B run: {run}" in out and f"report: {tmp_path / 'out' / 'report.html'}" in out
 
 
 @pytest.mark.parametrize("fault", ["init", "log"])

@@ -26,7 +26,7 @@ from spatial_probing import stop
 from spatial_probing.errors import ConfigError
 from spatial_probing.io import atomic_write
 from spatial_probing.probes.module import LinearProbe, ProbeDataModule
-from spatial_probing.report.html import write_report
+from spatial_probing.report.build import write_report
 from spatial_probing.report.tables import comparison_table, format_table, write_results
 from spatial_probing.report.wandb import SafeWandbLogger, default_logger, log_results
 
@@ -81,7 +81,7 @@ class ProbeCLI(LightningCLI):
         self.trainer.callbacks.append(StopAfterEntry())
         for logger in self.trainer.loggers:
             if isinstance(logger, SafeWandbLogger):
-                logger.results_dir = str(self.out_dir)
+                logger.use_results_dir(self.out_dir)
 
     def after_fit(self) -> None:
         """Write every result file first, then log to W&B, then print the comparison table."""
@@ -99,25 +99,15 @@ class ProbeCLI(LightningCLI):
             config_path = self.out_dir / "config.yaml"
             parser = self._parser(self.subcommand)
             written["config"] = atomic_write(config_path, parser.dump(self.config[self.subcommand], skip_none=False))
-            written["report"] = write_report(df, fits, self.out_dir, _flatten(resolved))
+            report = write_report(self.out_dir)
         except OSError as exc:
             raise ConfigError(f"cannot write the results to --out_dir {self.out_dir}: {exc.strerror or exc} "
                               "(disk full?); no file there is left half-written") from exc
-        notes = log_results(self.trainer.loggers, df, resolved)
+        notes = log_results(self.trainer.loggers, df, resolved, report)
         print(format_table(comparison_table(df)))
         print("\nwrote " + ", ".join(str(p) for p in written.values()))
         print("\n".join(notes))
-
-
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"Cs": [1]}}`` -> ``{"model.Cs": [1]}`` for listing in the report."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and "class_path" not in value:
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+        print(f"report: {report.path}")
 
 
 def run_fit(args: list[str]) -> int:
@@ -129,6 +119,7 @@ def run_fit(args: list[str]) -> int:
             args=["fit", *args],
             trainer_defaults=trainer_defaults(),
             save_config_callback=None,  # config.yaml goes to out_dir with the results instead
+            seed_everything_default=0,  # explicit: LightningCLI warns "No seed found" on every run without one
             auto_configure_optimizers=False,  # the solvers optimise; there is no torch optimizer
         )
     except SystemExit as exc:  # --help, --print_config and argument errors end the parser this way

@@ -1,17 +1,22 @@
-"""An offline, single-file HTML report of a probe run (no scripts, no network, colours in inline CSS)."""
+"""An offline, single-file HTML report of a probe run: figures as data URIs, tables, provenance (no scripts)."""
 
 from __future__ import annotations
 
+import base64
 import html
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+import importlib.metadata
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from spatial_probing.io import atomic_write
+from spatial_probing.report.figures import ReportFigure
+from spatial_probing.report.run_files import RunFiles
 from spatial_probing.report.tables import HEADLINE_METRIC, comparison_table, short_encoder, summary
+
+_SOLVER_COLUMNS = ("solver", "tol", "max_iter", "class_weight", "n_converged", "n_problems")
+_REPORT_LIBRARIES = ("spatial_probing", "matplotlib", "pandas", "numpy")
 
 TOLERANCE_NOTE = (
     "Solver tolerance matters for these numbers. scikit-learn's lbfgs with its default tol=1e-4 stops "
@@ -29,6 +34,8 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f3f3f3; } td.name, th.name { text-align: left; }
 tr.mean td { font-weight: bold; border-top: 2px solid #888; }
 p.note { max-width: 60em; background: #fff8e1; padding: 0.6em; border-left: 4px solid #f0b400; }
+figure { margin: 1em 0 2em; } img.figure { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { max-width: 60em; color: #444; font-size: 0.9em; } pre { background: #f7f7f7; padding: 0.6em; }
 """
 
 
@@ -93,45 +100,82 @@ def _section(title: str, *parts: str) -> str:
     return f"<h2>{_esc(title)}</h2>\n" + "\n".join(parts)
 
 
-def _config_list(config: Mapping[str, Any]) -> str:
-    items = "".join(f"<li><code>{_esc(k)}</code>: {_esc(v)}</li>" for k, v in config.items())
-    return f"<ul>{items}</ul>"
+def _figure(figure: ReportFigure) -> str:
+    """An embedded figure (PNG data URI: the page needs no other file) with its caption."""
+    data = base64.b64encode(figure.png()).decode("ascii")
+    rows = f' data-rows="{figure.n_rows}"' if figure.n_rows is not None else ""
+    return (
+        f'<figure id="fig-{_esc(figure.name)}"{rows}><img class="figure" alt="{_esc(figure.title)}" '
+        f'src="data:image/png;base64,{data}"><figcaption>{_esc(figure.caption)} '
+        f'Files: <code>figures/{_esc(figure.name)}.png</code>, <code>.svg</code>.</figcaption></figure>'
+    )
 
 
-def render_report(df: pd.DataFrame, fits: pd.DataFrame, config: Mapping[str, Any] | None = None) -> str:
-    """The report as one HTML string.
+def _provenance(run: RunFiles) -> list[str]:
+    """The header: data fingerprints, encoder specs and library versions from the entries' meta.json."""
+    parts = [f"<p>Results: <code>{_esc(run.directory)}</code></p>"]
+    if run.entries:
+        data = pd.DataFrame([{
+            "dataset": m.get("dataset"), "source": m.get("dataset_summary", {}).get("source"),
+            "rows": m.get("dataset_summary", {}).get("n_rows"),
+            "fingerprint": str(m.get("dataset_summary", {}).get("fingerprint", ""))[:16],
+        } for m in run.entries]).drop_duplicates().set_index("dataset")  # fmt: skip
+        encoders = pd.DataFrame([{
+            "encoder": short_encoder(str(m.get("encoder"))), "view": m.get("key", {}).get("view"),
+            "precision": m.get("key", {}).get("precision"), "dtype": m.get("key", {}).get("dtype"),
+            "shape": " x ".join(map(str, m.get("shape", []))), "failed rows": len(m.get("failures", [])),
+            "model source": str(m.get("key", {}).get("model_source", ""))[:16], "entry": m.get("digest"),
+        } for m in run.entries]).set_index("encoder")  # fmt: skip
+        versions: dict[str, str] = {}
+        for meta in run.entries:
+            versions |= meta.get("versions", {})
+        parts += ["<h3>Data</h3>", _table(data), "<h3>Encoder entries</h3>", _table(encoders),
+                  "<h3>Library versions (extraction)</h3>", _table(pd.DataFrame({"version": versions}).rename_axis("library"))]  # fmt: skip
+    report_versions = {lib: importlib.metadata.version(lib) for lib in _REPORT_LIBRARIES}
+    parts.append("<p>Report drawn with " + ", ".join(f"{k} {v}" for k, v in report_versions.items()) + ".</p>")
+    if run.config_text:
+        parts.append(f"<details><summary>Fit configuration (config.yaml)</summary><pre>{_esc(run.config_text)}</pre></details>")
+    return parts
 
-    ``fits`` has one row per probe set (``LinearProbe.fit_info``: encoder, view, n_rows, n_excluded,
-    solver, tol, max_iter, n_converged, n_problems ...); ``config`` is listed as given.
+
+def render_report(run: RunFiles, figures: list[ReportFigure]) -> str:
+    """The report of one results directory as one self-contained HTML string.
+
+    ``run.fits`` (fits.csv) has one row per probe set (``LinearProbe.fit_info``: encoder, view, n_rows,
+    n_excluded, solver, tol, max_iter, n_converged, n_problems ...).
     """
-    fits = fits.set_index(fits["encoder"].map(short_encoder).rename("encoder"))
-    solver_rows = fits[["solver", "tol", "max_iter", "class_weight", "n_converged", "n_problems"]]
-    excluded = fits[["n_rows", "n_excluded", "path"]]
-    sections = [
+    df = run.results.drop(columns="label")
+    sections = [_section("Run", *_provenance(run))]
+    sections.append(_section("Figures", *(_figure(f) for f in figures)))
+    sections += [
         _section(
             f"Relation x encoder: fold-mean {HEADLINE_METRIC}",
             _table(comparison_table(df), heat=True, mean_row="MEAN"),
         ),
         _section("Summary per encoder (mean \u00b1 std over folds)", _table(_summary_table(df))),
-        _section(
-            "Solver and tolerance",
-            _table(solver_rows, fmt="{:g}"),
-            *(f'<p class="note"><b>Warning:</b> {_esc(w)}</p>' for w in fits.get("warning", []) if w),
-            f'<p class="note">{_esc(TOLERANCE_NOTE)}</p>',
-        ),
-        _section(
-            "Rows excluded per encoder",
-            "<p>Rows whose image failed to load are excluded from every fold of that encoder "
-            "(see the entry's failures.jsonl for the reasons).</p>",
-            _table(excluded),
-        ),
     ]
-    if set(df["task"]) == {"relation_type"}:
+    if run.fits is not None:
+        fits = run.fits.set_index(run.fits["encoder"].map(short_encoder).rename("encoder"))
+        solver_rows = fits[[c for c in _SOLVER_COLUMNS if c in fits]]
+        sections += [
+            _section(
+                "Solver and tolerance",
+                _table(solver_rows, fmt="{:g}"),
+                *(f'<p class="note"><b>Warning:</b> {_esc(w)}</p>' for w in fits.get("warning", []) if w),
+                f'<p class="note">{_esc(TOLERANCE_NOTE)}</p>',
+            ),
+            _section(
+                "Rows excluded per encoder",
+                "<p>Rows whose image failed to load are excluded from every fold of that encoder "
+                "(see the entry's failures.jsonl for the reasons).</p>",
+                _table(fits[["n_rows", "n_excluded", "path"]]),
+            ),
+        ]
+    if (df["task"] == "relation_type").any():
+        relations = df[df["task"] == "relation_type"]
         sections.append(
-            _section(f"VSR meta-category means of {HEADLINE_METRIC}", _table(meta_category_table(df), heat=True))
+            _section(f"VSR meta-category means of {HEADLINE_METRIC}", _table(meta_category_table(relations), heat=True))
         )
-    if config:
-        sections.append(_section("Configuration", _config_list(config)))
     return _page("spatial_probing probe report", sections)
 
 
@@ -140,12 +184,3 @@ def _page(title: str, sections: Iterable[str]) -> str:
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
         f"<style>{_STYLE}</style></head>\n<body><h1>{_esc(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n"
     )
-
-
-def write_report(
-    df: pd.DataFrame, fits: pd.DataFrame, out_dir: str | Path, config: Mapping[str, Any] | None = None
-) -> Path:
-    """Write ``report.html`` into ``out_dir`` and return its path."""
-    path = Path(out_dir) / "report.html"
-    atomic_write(path, render_report(df, fits, config))
-    return path

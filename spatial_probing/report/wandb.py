@@ -12,14 +12,18 @@ import importlib.util
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.loggers.logger import DummyExperiment
 from lightning.pytorch.utilities import rank_zero_warn
 
+from spatial_probing.report.html import meta_category_table
 from spatial_probing.report.tables import comparison_table, summary
+
+if TYPE_CHECKING:
+    from spatial_probing.report.build import WrittenReport
 
 
 def _default_mode(offline: bool | None) -> str:
@@ -34,7 +38,7 @@ class SafeWandbLogger(WandbLogger):
     Args:
         project: W&B project name.
         name: display name of the run (W&B picks one when None).
-        save_dir: where W&B writes its run directory (None: ``$WANDB_DIR`` or the working directory).
+        save_dir: where W&B writes its run directory (None: ``$WANDB_DIR``, else the fit's ``out_dir``).
         offline: True/False force offline/online; None uses ``$WANDB_MODE``, defaulting to offline.
         **kwargs: passed to ``WandbLogger`` / ``wandb.init`` (``tags``, ``group``, ``entity`` ...).
     """
@@ -49,15 +53,30 @@ class SafeWandbLogger(WandbLogger):
     ) -> None:
         if kwargs.get("mode") is None:  # the CLI passes every wandb.init option, unset ones as None
             kwargs["mode"] = _default_mode(offline)
+        if kwargs.get("settings") is None:
+            import wandb
+
+            # silent: no run-history/summary dump of every metric name (hundreds per fit) at finish and no
+            # banner at start; the fit prints where the run is itself (log_results) and any W&B fault (_fail)
+            kwargs["settings"] = wandb.Settings(silent=True)
         # read $WANDB_DIR per logger: wandb caches its environment once per process
         save_dir = save_dir or os.environ.get("WANDB_DIR")
         super().__init__(project=project, name=name, save_dir=save_dir, **kwargs)
+        self._save_dir_given = save_dir is not None
         # unset options are left to wandb.init's own defaults (and its warnings about them unsaid)
         self._wandb_init = {k: v for k, v in self._wandb_init.items() if v is not None}
         #: Where the run's result files go; named in the fault warning (set by the fit CLI).
         self.results_dir: str | None = None
         #: The first W&B fault ("init: ..."), or None while W&B works.
         self.fault: str | None = None
+
+    def use_results_dir(self, path: str | Path) -> None:
+        """Name ``path`` in fault warnings and, unless a save_dir was given, put the W&B run directory
+        there (with the run's other outputs, not in the working directory). Call before the run starts."""
+        self.results_dir = str(path)
+        if not self._save_dir_given and self._experiment is None:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            self._save_dir = self._wandb_init["dir"] = str(path)
 
     def _fail(self, what: str, exc: Exception) -> None:
         if self.fault is None:
@@ -132,8 +151,35 @@ def relation_table(df: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index().rename(columns={"target": "relation" if relation_task else "target"})
 
 
-def log_results(loggers: Iterable[Logger], df: pd.DataFrame, config: Mapping[str, Any]) -> list[str]:
-    """Log the per-relation table, the summary table and the resolved config to every W&B logger.
+def _summary_metrics(df: pd.DataFrame) -> dict[str, float]:
+    """``mean/<probe>/<metric>``: the mean over targets and folds of every probe and metric."""
+    s = summary(df)
+    return {f"mean/{probe}/{metric}": float(value) for probe, metric, value in zip(s["probe"], s["metric"], s["mean"], strict=True)}
+
+
+def _log_report(logger: SafeWandbLogger, report: WrittenReport) -> None:
+    """Every report figure as an image, and a bar chart per probe of its VSR meta-category means."""
+    import wandb
+
+    images = {f"figures/{path.stem}": wandb.Image(str(path), caption=figure.title)
+              for figure in report.figures for path in report.figure_files
+              if path.suffix == ".png" and path.stem == figure.name}  # fmt: skip
+    logger.experiment.log(images)
+    relations = report.run.results[report.run.results["task"] == "relation_type"]
+    if relations.empty:
+        return
+    meta = meta_category_table(relations.drop(columns="label")).drop(columns="relations").reset_index()
+    for probe in meta.columns[1:]:
+        table = wandb.Table(dataframe=meta[["meta_category", probe]].rename(columns={probe: "f1_macro"}))
+        chart = wandb.plot.bar(table, "meta_category", "f1_macro", title=f"{probe}: macro-F1 per VSR meta-category")
+        logger.experiment.log({f"meta_categories/{probe}": chart})
+
+
+def log_results(
+    loggers: Iterable[Logger], df: pd.DataFrame, config: Mapping[str, Any], report: WrittenReport | None = None
+) -> list[str]:
+    """Log the per-relation and summary tables, summary metrics, the report's figures (images) and
+    meta-category bar charts, and the resolved config to every W&B logger.
 
     Then finish the runs. Returns one line per W&B logger for the user: where its run is, or what
     failed and where the results are instead.
@@ -144,6 +190,9 @@ def log_results(loggers: Iterable[Logger], df: pd.DataFrame, config: Mapping[str
             continue
         logger.log_table("relations", dataframe=relation_table(df))
         logger.log_table("summary", dataframe=summary(df))
+        logger._guarded("summary", lambda lg=logger: lg.experiment.summary.update(_summary_metrics(df)))
+        if report is not None:
+            logger._guarded("figures", lambda lg=logger: _log_report(lg, report))
         logger.log_hyperparams(dict(config))
         run_dir = logger.run_dir()
         logger.finish()

@@ -1,0 +1,62 @@
+"""``spatial-probing report``: the HTML report and figure files of a results directory.
+
+    spatial-probing report --results outputs/probe/demo [--out DIR] [--reference sbert:all-mpnet-base-v2@text]
+
+Writes ``DIR/report.html`` (self-contained: figures embedded, viewable offline) and every figure as
+``DIR/figures/<name>.png`` and ``.svg``. ``fit`` calls `write_report` on its own output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from spatial_probing.io import atomic_write
+from spatial_probing.report.figures import ReportFigure, report_figures
+from spatial_probing.report.html import render_report
+from spatial_probing.report.run_files import RunFiles, load_run
+
+
+@dataclass
+class WrittenReport:
+    """What `write_report` wrote, and the figures (for the W&B dashboard)."""
+
+    path: Path
+    figure_files: list[Path]
+    figures: list[ReportFigure]
+    run: RunFiles
+
+
+def write_report(results: str | Path, out: str | Path | None = None, reference: str | None = None) -> WrittenReport:
+    """Write the report of the results directory ``results`` into ``out`` (default: ``results`` itself).
+
+    Args:
+        results: a ``fit`` output directory (results.csv, and stats.csv, comparisons.csv, fits.csv,
+            config.yaml when present).
+        out: where report.html and figures/ go.
+        reference: the probe the scatter and gain figures compare against (a label or its prefix);
+            default the first SBERT probe.
+    """
+    run = load_run(results)
+    out_dir = Path(out) if out is not None else Path(results)
+    figures = report_figures(run, reference)
+    files = []
+    for figure in figures:
+        files.append(atomic_write(out_dir / "figures" / f"{figure.name}.png", figure.png()))
+        files.append(atomic_write(out_dir / "figures" / f"{figure.name}.svg", figure.svg()))
+    path = atomic_write(out_dir / "report.html", render_report(run, figures))
+    return WrittenReport(path, files, figures, run)
+
+
+def main(args: list[str]) -> int:
+    """Parse the ``report`` subcommand's options, write the report and print its path."""
+    parser = argparse.ArgumentParser(prog="spatial-probing report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", required=True, help="A `spatial-probing fit` output directory.")
+    parser.add_argument("--out", default=None, help="Directory for report.html and figures/ (default: --results).")
+    parser.add_argument("--reference", default=None,
+                        help="Probe label (or prefix) the other probes are compared with; default the first sbert one.")
+    options = parser.parse_args(args)
+    written = write_report(options.results, options.out, options.reference)
+    print(f"report: {written.path} ({len(written.figures)} figures in {written.path.parent / 'figures'})")
+    return 0

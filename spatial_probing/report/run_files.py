@@ -1,0 +1,83 @@
+"""The files of one fit's output directory, read back for a report (results, stats, comparisons, provenance)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from spatial_probing.errors import SpatialProbingError
+from spatial_probing.report.tables import IDENTITY_COLUMNS, entry_labels, probe_labels
+
+# text even when every cell is empty (an unset precision) or looks like a number (layer "3")
+_TEXT_COLUMNS = (*IDENTITY_COLUMNS, "target", "metric", "solver", "label_a", "label_b", "method", "level", "warning")
+
+
+@dataclass
+class RunFiles:
+    """One results directory: the tidy tables (stats/comparisons when written) and where they came from.
+
+    ``results`` and ``stats`` gain a ``label`` column: the name of the probe (entry) in every table and figure.
+    """
+
+    directory: Path
+    results: pd.DataFrame
+    stats: pd.DataFrame | None = None
+    comparisons: pd.DataFrame | None = None
+    fits: pd.DataFrame | None = None
+    config_text: str | None = None
+    #: meta.json of every fitted entry that is still on disk (paths from fits.csv).
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    """A tidy CSV with text columns as text: an empty cell is "" in a text column (an unset precision
+    must not drop rows from a groupby) and NaN only in a number column (a missing CI)."""
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(_TEXT_COLUMNS, str))
+    return df.fillna(dict.fromkeys(df.columns.intersection(_TEXT_COLUMNS), ""))
+
+
+def _read_optional(path: Path) -> pd.DataFrame | None:
+    return _read(path) if path.is_file() else None
+
+
+def _label_stats(stats: pd.DataFrame) -> pd.DataFrame:
+    """Label stats rows as results rows are labelled (stats.csv has no storage dtype: one value for all)."""
+    return stats.assign(label=entry_labels(stats.assign(storage_dtype=stats.get("storage_dtype", ""))))
+
+
+def _entry_meta(fits: pd.DataFrame | None, directory: Path) -> list[dict[str, Any]]:
+    """meta.json of each fitted entry; a path in fits.csv is relative to where the fit ran (or to ``directory``)."""
+    metas = []
+    for path in [] if fits is None or "path" not in fits else fits["path"].dropna().unique():
+        for base in (Path.cwd(), directory):
+            meta = base / str(path) / "meta.json"
+            if meta.is_file():
+                metas.append(json.loads(meta.read_text(encoding="utf-8")))
+                break
+    return metas
+
+
+def load_run(directory: str | Path) -> RunFiles:
+    """Read ``results.csv`` (required) and whatever else a fit wrote into ``directory``."""
+    directory = Path(directory)
+    results_path = directory / "results.csv"
+    if not results_path.is_file():
+        raise SpatialProbingError(f"no results.csv in {directory}: pass the --out_dir of a `spatial-probing fit`")
+    results = _read(results_path)
+    results = results.assign(label=probe_labels(results))
+    stats = _read_optional(directory / "stats.csv")
+    fits = _read_optional(directory / "fits.csv")
+    config = directory / "config.yaml"
+    return RunFiles(
+        directory=directory,
+        results=results,
+        stats=None if stats is None else _label_stats(stats),
+        comparisons=_read_optional(directory / "comparisons.csv"),
+        fits=fits,
+        config_text=config.read_text(encoding="utf-8") if config.is_file() else None,
+        entries=_entry_meta(fits, directory),
+    )

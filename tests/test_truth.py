@@ -66,7 +66,7 @@ def _vsr_like(split: str, n: int, seed: int) -> tuple[SpatialRows, np.ndarray]:
     relations = ["left of", "near"]
     rel = [relations[i % 2] for i in range(n)]
     labels = (rng.random(n) < 0.5).astype(np.int8)
-    rows = SpatialRows(name=f"toyvsr/{split}", captions=tuple(f"The a{i} is {r} the b." for i, r in enumerate(rel)),
+    rows = SpatialRows(name=f"vsr_toy/{split}", captions=tuple(f"The a{i} is {r} the b." for i, r in enumerate(rel)),
                        relations=tuple(rel), labels=labels, images=tuple(f"i{i}.jpg" for i in range(n)),
                        image_links=(None,) * n, source="memory")
     x = rng.normal(size=(n, 8)).astype(np.float32)
@@ -82,7 +82,7 @@ def _write_splits(root: Path) -> None:
 
 def test_truth_analysis_reports_overall_relation_and_meta_rows(tmp_path: Path):
     _write_splits(tmp_path)
-    stats = pd.DataFrame(Truth("toyvsr", baselines=["majority", "bow"]).run(FeatureIndex(tmp_path)))
+    stats = pd.DataFrame(Truth("vsr_toy", baselines=["majority", "bow"]).run(FeatureIndex(tmp_path)))
     assert tuple(stats.columns) == STATS_COLUMNS
     acc = stats[stats.metric.eq("accuracy")].set_index(["encoder", "target"])
     assert set(acc.index.get_level_values(0)) == {"toy:enc@text", "baseline:majority", "baseline:bow"}
@@ -93,13 +93,13 @@ def test_truth_analysis_reports_overall_relation_and_meta_rows(tmp_path: Path):
     test_labels = _vsr_like("test", 60, 2)[0].labels
     majority = np.bincount(_vsr_like("train", 120, 0)[0].labels).argmax()
     assert acc.loc[("baseline:majority", "all")].estimate == pytest.approx((test_labels == majority).mean())
-    assert (stats.dataset == "toyvsr/test").all()
+    assert (stats.dataset == "vsr_toy/test").all()
 
 
 def test_analyze_sets_published_figures_apart_from_computed_ones(tmp_path: Path, capsys):
     _write_splits(tmp_path / "features")
     config = {"feature_root": str(tmp_path / "features"), "out_dir": str(tmp_path / "out"),
-              "analyses": [{"class_path": "spatial_probing.analysis.truth.Truth", "init_args": {"dataset": "toyvsr"}}]}
+              "analyses": [{"class_path": "spatial_probing.analysis.truth.Truth", "init_args": {"dataset": "vsr_toy"}}]}
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(config))
     assert main(["analyze", "--config", str(tmp_path / "t.yaml")]) == 0
     stats = pd.read_csv(tmp_path / "out" / "stats.csv")

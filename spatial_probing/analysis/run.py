@@ -5,7 +5,7 @@
 The config lists analyses by ``class_path``/``init_args`` (`analysis.truth.Truth`,
 `analysis.structure.Structure`, `analysis.structure.ZeroShot`, `analysis.representation.OddOneOut`,
 `analysis.representation.RSA`). ``out_dir`` receives stats.csv (SCHEMA.md's columns) and config.yaml, and
-with a truth analysis published.csv (VSR's published accuracies, kept apart from computed numbers); the
+with a truth analysis of a VSR dataset (``vsr_*``) published.csv (VSR's published accuracies, kept apart from computed numbers); the
 ``all`` rows are printed, then the published figures under their own heading.
 """
 
@@ -65,7 +65,8 @@ def run_analyze(args: list[str]) -> int:
         stats_path = write_stats(rows, out_dir / "stats.csv")
     written = [stats_path, atomic_write(out_dir / "config.yaml", p.dump(cfg))]
     print(summary_table(pd.read_csv(stats_path).fillna({"view": ""})) if rows else "no analysis configured")
-    if any(isinstance(a, Truth) for a in init.analyses):  # VSR's published figures sit beside truth results
+    # VSR's published figures sit beside truth results on VSR
+    if any(isinstance(a, Truth) and a.dataset.startswith("vsr") for a in init.analyses):
         published = published_table()
         written.append(atomic_write(out_dir / "published.csv", published.to_csv(index=False)))
         print("\npublished (not computed here):")

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from spatial_probing.errors import FeatureError
 from spatial_probing.features.store import FeatureEntry, load_entry
-from spatial_probing.probes import metrics, sklearn_ref, solver
+from spatial_probing.probes import metrics, selection, sklearn_ref, solver
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.report.tables import (
     IDENTITY_COLUMNS,
@@ -336,12 +336,12 @@ class LinearProbe(pl.LightningModule):
         kwargs = self._solver_kwargs(x.device)
         if self.hparams.select_C:
             protocol = batch["protocol"]
-            selection = metrics.select_C(
+            chosen = selection.select_C(
                 x, y.cpu(), train_mask.cpu(), batch["test_mask"].cpu(), self.Cs,
                 inner_splits=protocol["n_splits"], seed=protocol["seed"], **kwargs,
             )  # fmt: skip
-            self._chosen[batch["index"]] = selection.best_index
-            return selection.refit
+            self._chosen[batch["index"]] = chosen.best_index
+            return chosen.refit
         if self.hparams.solver == "sklearn":  # the scikit-learn loop runs on the CPU whatever the accelerator
             x, y, train_mask = x.cpu(), y.cpu(), train_mask.cpu()
             # one problem at a time takes minutes on real data: show it when the trainer shows progress

@@ -79,7 +79,7 @@ def _summary_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def meta_category_table(df: pd.DataFrame, metric: str = HEADLINE_METRIC) -> pd.DataFrame:
     """Mean over the relations of each VSR meta-category of the fold-mean ``metric``, per probe."""
-    from spatial_probing.data.vsr import meta_category
+    from spatial_probing.data.relations import meta_category
 
     table = comparison_table(df, metric).drop(index="MEAN")
     categories = pd.Index([meta_category(r) for r in table.index], name="meta_category")

@@ -113,5 +113,5 @@ def test_selectivity_is_task_minus_control_and_random_init_pairs():
         est["relation_type", "f1_macro", "mean"] - est["relation_type/control", "f1_macro", "mean"],
     )
     comparisons = comparisons_table([task, rand, control], StatsOptions(resamples=50, permutations=100))
-    assert set(zip(comparisons["label_a"], comparisons["label_b"])) == {("e", "r")}
+    assert set(zip(comparisons["label_a"], comparisons["label_b"], strict=True)) == {("e", "r")}
     assert list(comparisons["target"]) == ["t0", "t1", "t2", "t3", "mean", "wins"]

@@ -5,7 +5,8 @@
 
 Options are LightningCLI's (``model.*``, ``data.*``, ``trainer.*``, composed ``--config`` files) plus
 ``out_dir`` (default ``outputs/probe``), where the run writes, always and before any W&B upload:
-results.csv (+ results.parquet), comparison.csv, summary.csv, fits.csv, report.html and config.yaml.
+results.csv (+ results.parquet), comparison.csv, summary.csv, fits.csv, report.html and config.yaml,
+and with ``model.stats`` / ``model.mdl`` also stats.csv and comparisons.csv (docs/credibility.md).
 
 The default logger is `SafeWandbLogger` (offline unless ``WANDB_MODE``/``trainer.logger`` says
 otherwise); choose Lightning's ``CSVLogger`` or ``TensorBoardLogger`` with ``trainer.logger``.
@@ -21,7 +22,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from spatial_probing.probes.module import LinearProbe, ProbeDataModule
 from spatial_probing.report.html import write_report
-from spatial_probing.report.tables import comparison_table, format_table, write_results
+from spatial_probing.report.tables import (
+    comparison_table,
+    credibility_table,
+    format_table,
+    write_credibility,
+    write_results,
+)
 from spatial_probing.report.wandb import SafeWandbLogger, default_logger, log_results
 
 
@@ -65,6 +72,9 @@ class ProbeCLI(LightningCLI):
             return
         fits = pd.DataFrame(self.model.fit_info)
         written = write_results(df, self.out_dir, fits)
+        credibility = self.model.credibility()
+        if credibility is not None:
+            written |= write_credibility(*credibility, self.out_dir)
         config_path = self.out_dir / "config.yaml"
         parser = self._parser(self.subcommand)
         config_path.write_text(parser.dump(self.config[self.subcommand], skip_none=False))
@@ -74,8 +84,21 @@ class ProbeCLI(LightningCLI):
         written["report"] = write_report(df, fits, self.out_dir, _flatten(resolved))
         notes = log_results(self.trainer.loggers, df, resolved)
         print(format_table(comparison_table(df)))
+        if credibility is not None:
+            _print_credibility(*credibility)
         print("\nwrote " + ", ".join(str(p) for p in written.values()))
         print("\n".join(notes))
+
+
+def _print_credibility(stats: pd.DataFrame, comparisons: pd.DataFrame) -> None:
+    """The mean and meta-category rows of the credibility table, and each paired test's verdict."""
+    table = credibility_table(stats)
+    print("\n" + format_table(table.loc[[t for t in table.index if t == "mean" or t.startswith("meta:")]]))
+    for row in comparisons[comparisons["target"] == "mean"].itertuples():
+        wins = comparisons[(comparisons["target"] == "wins") & (comparisons["label_a"] == row.label_a)
+                           & (comparisons["label_b"] == row.label_b) & (comparisons["task"] == row.task)]
+        print(f"{row.task}: {row.label_a} - {row.label_b} = {row.diff:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}] "
+              f"(p={row.p_value:.4g}); {wins['method'].iloc[0]}")
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

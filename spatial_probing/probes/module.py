@@ -28,8 +28,17 @@ from torch.utils.data import DataLoader
 
 from spatial_probing.errors import FeatureError
 from spatial_probing.features.store import FeatureEntry, load_entry
-from spatial_probing.probes import metrics, selection, sklearn_ref, solver
+from spatial_probing.probes import baselines, metrics, selection, sklearn_ref, solver
+from spatial_probing.probes.baselines import Baseline, baseline_entry
 from spatial_probing.probes.folds import fold_masks, target_folds
+from spatial_probing.probes.mdl import Codelength, MDLOptions, online_codelength
+from spatial_probing.probes.stats import (
+    SetOutputs,
+    StatsOptions,
+    codelength_table,
+    comparisons_table,
+    stats_table,
+)
 from spatial_probing.report.tables import (
     IDENTITY_COLUMNS,
     RESULT_COLUMNS,
@@ -38,6 +47,7 @@ from spatial_probing.report.tables import (
     summary,
 )
 from spatial_probing.tasks.base import ProbeTask, Task
+from spatial_probing.tasks.control import ControlTask, Lexical
 from spatial_probing.tasks.relation_type import RelationType
 
 Solver = Literal["batched", "sklearn"]
@@ -196,6 +206,11 @@ class ProbeDataModule(pl.LightningDataModule):
         folds: ``stratified`` per target (the original protocol) or ``grouped`` by image, so no
             image is in both the training and test rows (needed for image features).
         normalize: L2-normalise every feature row (the original protocol).
+        baselines: baselines probed beside the entries on the same rows and folds (`probes.baselines`):
+            ``majority``, ``ngrams`` (word 1-3-grams of the caption), ``ngrams-masked`` (relation phrase
+            removed). The random-init encoder is an entry of its own (extract with ``--model.random_init true``).
+        control: also probe the Hewitt-Liang control of the task (`tasks.control.ControlTask`), labels a
+            seeded function of the ``subject`` noun, ``object`` noun or ``pair``; None: no control.
     """
 
     def __init__(
@@ -208,6 +223,8 @@ class ProbeDataModule(pl.LightningDataModule):
         seed: int = 42,
         folds: Literal["stratified", "grouped"] = "stratified",
         normalize: bool = True,
+        baselines: list[Baseline] | None = None,
+        control: Lexical | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["task"])
@@ -222,15 +239,21 @@ class ProbeDataModule(pl.LightningDataModule):
         paths = find_entries(list(hp.features or []), hp.feature_root, hp.dataset)
         entries = [load_entry(path) for path in paths]
         _check_one_dataset(entries)
-        self.probe_sets = [self._prepare(entry) for entry in entries]
+        entries += [baseline_entry(name, entries[0]) for name in dict.fromkeys(hp.baselines or [])]
+        self.probe_sets = [self._prepare(entry, task) for entry in entries for task in self.tasks()]
         labels = entry_labels(pd.DataFrame([ps.info for ps in self.probe_sets]))
         for probe_set, label in zip(self.probe_sets, labels, strict=True):
             probe_set.label = label
 
-    def _prepare(self, entry: FeatureEntry) -> ProbeSet:
+    def tasks(self) -> list[Task]:
+        """The configured task, then its control task when ``control`` is set."""
+        control = self.hparams.control
+        return [self.task] + ([ControlTask(self.task, lexical=control, seed=self.hparams.seed)] if control else [])
+
+    def _prepare(self, entry: FeatureEntry, task_plugin: Task) -> ProbeSet:
         hp = self.hparams
         check_features(entry)
-        task = self.task.build(entry.rows)
+        task = task_plugin.build(entry.rows)
         # Folds are drawn over all rows, then failed rows dropped: every encoder of one dataset gets
         # the same folds, so their scores stay paired even when some images failed.
         groups = task.groups if hp.folds == "grouped" else None
@@ -254,6 +277,10 @@ class ProbeDataModule(pl.LightningDataModule):
             "test_mask": torch.from_numpy(probe_set.test_mask),
             "info": probe_set.info,
             "label": probe_set.label,
+            # W&B metric prefix: the control task's metrics must not overwrite the task's
+            "log_label": probe_set.label + ("" if probe_set.task.name == self.task.name else f" {probe_set.task.name}"),
+            "rows": probe_set.rows,
+            "groups": probe_set.task.groups,
             "n_sets": len(self.probe_sets),
             "protocol": {"n_splits": self.hparams.n_splits, "seed": self.hparams.seed},
         }
@@ -292,6 +319,9 @@ class LinearProbe(pl.LightningModule):
             rows (``data.n_splits`` inner folds, mean macro-F1) and report only the chosen C;
             needs the batched solver (all inner fits are one batched solve).
         dtype: floating-point type of the batched solver.
+        stats: bootstrap CIs, meta-category aggregates, selectivity and paired tests (`probes.stats`),
+            from the held-out predictions of this fit; needs one C per probe (a single C or select_C).
+        mdl: also the online codelength of every target (`probes.mdl`), a batched solve of its own.
     """
 
     def __init__(
@@ -303,10 +333,14 @@ class LinearProbe(pl.LightningModule):
         max_iter: int | None = None,
         select_C: bool = False,
         dtype: Literal["float64", "float32"] = "float64",
+        stats: StatsOptions | None = None,
+        mdl: MDLOptions | None = None,
     ) -> None:
         super().__init__()
         if select_C and solver != "batched":
             raise ValueError("model.select_C needs model.solver=batched (the nested CV is one batched solve)")
+        if stats is not None and len(Cs or [1.0]) > 1 and not select_C:
+            raise ValueError("model.stats needs one C per probe: set model.select_C: true or a single model.Cs value")
         self.save_hyperparameters()
         self.Cs = tuple(float(c) for c in (Cs or [1.0]))
         self.automatic_optimization = False  # training_step runs the solver itself
@@ -314,6 +348,8 @@ class LinearProbe(pl.LightningModule):
         self._chosen: dict[int, torch.Tensor] = {}  # per set: index into Cs per (fold, target)
         self.records: list[pd.DataFrame] = []  # tidy results, one frame per probe set
         self.fit_info: list[dict] = []  # one row per probe set: provenance, solver, convergence
+        self.outputs: list[SetOutputs] = []  # held-out predictions per probe set (model.stats)
+        self.codelengths: list[tuple[dict, np.ndarray, Codelength]] = []  # (info, y, code) per set (model.mdl)
 
     @property
     def fit_fn(self) -> Any:
@@ -333,6 +369,11 @@ class LinearProbe(pl.LightningModule):
     def _solve(self, batch: dict[str, Any]) -> solver.LogRegFit:
         """Fit every (fold, C, target) problem; with ``select_C`` also pick C per (fold, target)."""
         x, y, train_mask = batch["x"], batch["y"], batch["train_mask"]
+        if baselines.is_majority(batch["info"]["encoder"]):  # no features: the training fold's prior
+            fit = baselines.majority_fit(y.cpu(), train_mask.cpu(), self.Cs)
+            if self.hparams.select_C:
+                self._chosen[batch["index"]] = torch.zeros(fit.b.shape[0], fit.b.shape[2], dtype=torch.int64)
+            return fit
         kwargs = self._solver_kwargs(x.device)
         if self.hparams.select_C:
             protocol = batch["protocol"]
@@ -381,8 +422,50 @@ class LinearProbe(pl.LightningModule):
             C = C.gather(1, pick)
         frame = self._records(batch, scores, C, fit.solver)
         self.records.append(frame)
-        prefix = batch["label"].replace("/", "_") + "/" if batch["n_sets"] > 1 else ""
+        prefix = batch["log_label"].replace("/", "_") + "/" if batch["n_sets"] > 1 else ""
         self.log_dict(self._metric_dict(frame, prefix), on_step=False, on_epoch=True, batch_size=1)
+        self._keep_outputs(batch, fit)
+
+    def _keep_outputs(self, batch: dict[str, Any], fit: solver.LogRegFit) -> None:
+        """What ``stats`` and ``mdl`` need of this probe set: held-out decisions, codelengths."""
+        hp = self.hparams
+        y = batch["y"].cpu().numpy().astype(bool)
+        test = batch["test_mask"].cpu().numpy()
+        if hp.stats is not None:
+            self.outputs.append(SetOutputs(
+                info=batch["info"], label=batch["label"], rows=_numpy(batch["rows"]), groups=_numpy(batch["groups"]),
+                y=y, test=test, decision=self._held_out_decision(batch, fit),
+            ))  # fmt: skip
+        if hp.mdl is not None and not baselines.is_majority(batch["info"]["encoder"]):
+            rows = (batch["train_mask"] | batch["test_mask"]).any(0).cpu().numpy()
+            kwargs = {k: v for k, v in self._solver_kwargs(batch["x"].device).items() if k != "class_weight"}
+            if hp.solver != "batched":  # MDL's blocks are one batched solve whichever solver fitted the probes
+                kwargs = {"tol": kwargs.get("tol", 1e-10)}
+            code = online_codelength(batch["x"], batch["y"].cpu(), rows, hp.mdl, **kwargs)
+            self.codelengths.append((batch["info"], y & rows, code))
+
+    def _held_out_decision(self, batch: dict[str, Any], fit: solver.LogRegFit) -> np.ndarray:
+        """``[n, T]`` decision value of each row from the fold where it is a test row, at the reported C."""
+        test = batch["test_mask"].cpu()
+        chosen = self._chosen.get(batch["index"])
+        out = torch.full(test.shape[1:], float("nan"), dtype=torch.float64)
+        for f in range(test.shape[0]):
+            dec = solver.decision_function(batch["x"], metrics.fold(fit, f))[0].cpu()  # [C, n, T]
+            pick = chosen[f].cpu() if chosen is not None else torch.zeros(dec.shape[-1], dtype=torch.int64)
+            dec = dec.gather(0, pick.expand(1, dec.shape[1], -1))[0]
+            out = torch.where(test[f], dec, out)
+        return out.numpy()
+
+    def credibility(self) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+        """stats.csv and comparisons.csv tables (``report.tables`` schema), or None without stats/mdl."""
+        hp = self.hparams
+        if hp.stats is None and hp.mdl is None:
+            return None
+        options = hp.stats or StatsOptions()
+        frames = [stats_table(self.outputs, options)] if hp.stats is not None else []
+        frames += [codelength_table(info, y, code, hp.mdl, options) for info, y, code in self.codelengths]
+        comparisons = comparisons_table(self.outputs, options) if hp.stats is not None else comparisons_table([], options)
+        return pd.concat(frames, ignore_index=True), comparisons
 
     def _records(
         self, batch: dict[str, Any], scores: dict[str, torch.Tensor], C: torch.Tensor, solver_name: str
@@ -424,3 +507,7 @@ class LinearProbe(pl.LightningModule):
     def results(self) -> pd.DataFrame:
         """Every number of the fit as one tidy table (``report.tables.RESULT_COLUMNS``)."""
         return results_frame(self.records)
+
+
+def _numpy(a: Any) -> np.ndarray:
+    return a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)

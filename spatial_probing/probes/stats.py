@@ -240,6 +240,8 @@ class Bootstrap:
 
 def stats_table(outputs: list[SetOutputs], options: StatsOptions) -> pd.DataFrame:
     """stats.csv rows: every metric per target, mean and meta-category with CIs; selectivity per control."""
+    if not outputs:
+        return pd.DataFrame(columns=list(STATS_COLUMNS))
     boot = Bootstrap(options)
     frames = []
     by_key = {(o.info["dataset"], o.info["entry"], o.task): o for o in outputs}
@@ -355,3 +357,20 @@ def comparisons_table(outputs: list[SetOutputs], options: StatsOptions) -> pd.Da
     if not frames:
         return pd.DataFrame(columns=list(COMPARISON_COLUMNS))
     return pd.DataFrame(pd.concat(frames, ignore_index=True), columns=list(COMPARISON_COLUMNS))
+
+
+def codelength_table(info: dict[str, Any], y: np.ndarray, code: Any, mdl_options: Any,
+                     options: StatsOptions) -> pd.DataFrame:
+    """stats.csv rows of one probe set's MDL codelengths: per target, mean and meta-category (no CI).
+
+    ``code`` is an `mdl.Codelength`; aggregates are weighted means of the per-target values.
+    """
+    targets = list(info["targets"])
+    method = (f"online codelength (Voita & Titov 2020), C={mdl_options.C:g}, order seed={mdl_options.seed}, "
+              f"{len(mdl_options.fractions)} blocks; aggregates weighted by {options.meta_weighting}")
+    frames = []
+    for metric, values in (("mdl_online_bits", code.online_bits), ("mdl_uniform_bits", code.uniform_bits),
+                           ("mdl_compression", code.compression)):
+        names, v = _with_aggregates(targets, y, torch.as_tensor(np.asarray(values, dtype=float))[None], options)
+        frames.append(_frame(_identity(info), metric, names, v[0].numpy(), np.nan, np.nan, np.nan, method))
+    return pd.concat(frames, ignore_index=True)

@@ -115,3 +115,45 @@ def test_selectivity_is_task_minus_control_and_random_init_pairs():
     comparisons = comparisons_table([task, rand, control], StatsOptions(resamples=50, permutations=100))
     assert set(zip(comparisons["label_a"], comparisons["label_b"], strict=True)) == {("e", "r")}
     assert list(comparisons["target"]) == ["t0", "t1", "t2", "t3", "mean", "wins"]
+
+
+def test_fit_cli_writes_stats_and_comparisons(tmp_path, monkeypatch):
+    """The credibility options end to end: baselines, control, CIs, MDL, a random-init pair; seeded."""
+    from probe_entries import toy_entry
+
+    from spatial_probing.probes.fit_cli import run_fit
+    from spatial_probing.report.tables import credibility_table
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    trained = toy_entry(tmp_path, "m", signal=1.0, encoder="toy:m@text")
+    random = toy_entry(tmp_path, "r", signal=0.2, seed=1, encoder="toy:m@text+random-init")
+    args = ["--config", "configs/probe/credibility.yaml", "--data.feature_root", "null",
+            "--data.dataset", "null", "--data.features", f"[{trained},{random}]", "--data.task.min_count", "20",
+            "--model.Cs", "[0.1,1.0,10.0]", "--model.stats.resamples", "200", "--model.stats.permutations", "200",
+            "--data.n_splits", "3", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+    outs = []
+    for run in ("a", "b"):
+        assert run_fit([*args, "--out_dir", str(tmp_path / run)]) == 0
+        outs.append(tmp_path / run)
+    stats = pd.read_csv(outs[0] / "stats.csv")
+    assert list(stats.columns) == ["dataset", "entry", "encoder", "view", "layer", "task", "target", "metric",
+                                   "estimate", "ci_low", "ci_high", "level", "method"]
+    encoders = set(stats["encoder"])
+    assert {"toy:m@text", "toy:m@text+random-init", "baseline:majority", "baseline:ngrams",
+            "baseline:ngrams-masked"} == encoders
+    assert {"relation_type", "relation_type/control"} == set(stats["task"])
+    controlled = set(stats.loc[stats["task"] == "relation_type/control", "encoder"])
+    assert controlled == {"toy:m@text", "toy:m@text+random-init"}  # baselines get no control
+    metrics = set(stats["metric"])
+    assert {"f1_macro", "selectivity_f1_macro", "mdl_compression", "mdl_online_bits", "mdl_uniform_bits"} <= metrics
+    assert {"left of", "mean", "meta:Projective", "meta:Proximity"} <= set(stats["target"])
+    comparisons = pd.read_csv(outs[0] / "comparisons.csv")
+    assert set(comparisons["label_b"]) == {"toy:m@text+random-init"}
+    for task in ("relation_type", "relation_type/control"):  # the task's pair and the control's
+        targets = comparisons.loc[comparisons["task"] == task, "target"]
+        assert sorted(targets) == ["above", "left of", "mean", "near", "wins"]
+    # the same config gives the same numbers, byte for byte
+    assert (outs[0] / "stats.csv").read_bytes() == (outs[1] / "stats.csv").read_bytes()
+    assert (outs[0] / "comparisons.csv").read_bytes() == (outs[1] / "comparisons.csv").read_bytes()
+    table = credibility_table(stats)
+    assert "toy:m@text f1_macro" in table.columns and "mean" in table.index

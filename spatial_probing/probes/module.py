@@ -209,8 +209,9 @@ class ProbeDataModule(pl.LightningDataModule):
         baselines: baselines probed beside the entries on the same rows and folds (`probes.baselines`):
             ``majority``, ``ngrams`` (word 1-3-grams of the caption), ``ngrams-masked`` (relation phrase
             removed). The random-init encoder is an entry of its own (extract with ``--model.random_init true``).
-        control: also probe the Hewitt-Liang control of the task (`tasks.control.ControlTask`), labels a
-            seeded function of the ``subject`` noun, ``object`` noun or ``pair``; None: no control.
+        control: also probe each entry (not the baselines) on the Hewitt-Liang control of the task
+            (`tasks.control.ControlTask`), labels a seeded function of the ``subject`` noun, ``object``
+            noun or ``pair``; None: no control.
     """
 
     def __init__(
@@ -239,8 +240,10 @@ class ProbeDataModule(pl.LightningDataModule):
         paths = find_entries(list(hp.features or []), hp.feature_root, hp.dataset)
         entries = [load_entry(path) for path in paths]
         _check_one_dataset(entries)
-        entries += [baseline_entry(name, entries[0]) for name in dict.fromkeys(hp.baselines or [])]
+        extra = [baseline_entry(name, entries[0]) for name in dict.fromkeys(hp.baselines or [])]
+        # the control task measures what an encoder's features memorise: baselines get the task only
         self.probe_sets = [self._prepare(entry, task) for entry in entries for task in self.tasks()]
+        self.probe_sets += [self._prepare(entry, self.task) for entry in extra]
         labels = entry_labels(pd.DataFrame([ps.info for ps in self.probe_sets]))
         for probe_set, label in zip(self.probe_sets, labels, strict=True):
             probe_set.label = label
@@ -343,6 +346,9 @@ class LinearProbe(pl.LightningModule):
             raise ValueError("model.stats needs one C per probe: set model.select_C: true or a single model.Cs value")
         self.save_hyperparameters()
         self.Cs = tuple(float(c) for c in (Cs or [1.0]))
+        # a config may hand the option groups over as mappings
+        self.stats = StatsOptions(**stats) if isinstance(stats, dict) else stats
+        self.mdl = MDLOptions(**mdl) if isinstance(mdl, dict) else mdl
         self.automatic_optimization = False  # training_step runs the solver itself
         self._fits: dict[int, solver.LogRegFit] = {}
         self._chosen: dict[int, torch.Tensor] = {}  # per set: index into Cs per (fold, target)
@@ -431,17 +437,17 @@ class LinearProbe(pl.LightningModule):
         hp = self.hparams
         y = batch["y"].cpu().numpy().astype(bool)
         test = batch["test_mask"].cpu().numpy()
-        if hp.stats is not None:
+        if self.stats is not None:
             self.outputs.append(SetOutputs(
                 info=batch["info"], label=batch["label"], rows=_numpy(batch["rows"]), groups=_numpy(batch["groups"]),
                 y=y, test=test, decision=self._held_out_decision(batch, fit),
             ))  # fmt: skip
-        if hp.mdl is not None and not baselines.is_majority(batch["info"]["encoder"]):
+        if self.mdl is not None and not baselines.is_majority(batch["info"]["encoder"]):
             rows = (batch["train_mask"] | batch["test_mask"]).any(0).cpu().numpy()
             kwargs = {k: v for k, v in self._solver_kwargs(batch["x"].device).items() if k != "class_weight"}
             if hp.solver != "batched":  # MDL's blocks are one batched solve whichever solver fitted the probes
                 kwargs = {"tol": kwargs.get("tol", 1e-10)}
-            code = online_codelength(batch["x"], batch["y"].cpu(), rows, hp.mdl, **kwargs)
+            code = online_codelength(batch["x"], batch["y"].cpu(), rows, self.mdl, **kwargs)
             self.codelengths.append((batch["info"], y & rows, code))
 
     def _held_out_decision(self, batch: dict[str, Any], fit: solver.LogRegFit) -> np.ndarray:
@@ -458,14 +464,12 @@ class LinearProbe(pl.LightningModule):
 
     def credibility(self) -> tuple[pd.DataFrame, pd.DataFrame] | None:
         """stats.csv and comparisons.csv tables (``report.tables`` schema), or None without stats/mdl."""
-        hp = self.hparams
-        if hp.stats is None and hp.mdl is None:
+        if self.stats is None and self.mdl is None:
             return None
-        options = hp.stats or StatsOptions()
-        frames = [stats_table(self.outputs, options)] if hp.stats is not None else []
-        frames += [codelength_table(info, y, code, hp.mdl, options) for info, y, code in self.codelengths]
-        comparisons = comparisons_table(self.outputs, options) if hp.stats is not None else comparisons_table([], options)
-        return pd.concat(frames, ignore_index=True), comparisons
+        options = self.stats or StatsOptions()
+        frames = [stats_table(self.outputs, options)]  # no outputs kept without stats: an empty table
+        frames += [codelength_table(info, y, code, self.mdl, options) for info, y, code in self.codelengths]
+        return pd.concat(frames, ignore_index=True), comparisons_table(self.outputs, options)
 
     def _records(
         self, batch: dict[str, Any], scores: dict[str, torch.Tensor], C: torch.Tensor, solver_name: str

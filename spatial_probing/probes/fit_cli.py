@@ -82,6 +82,11 @@ class ProbeCLI(LightningCLI):
         resolved = self.config[self.subcommand].clone().as_dict()
         resolved.pop("config", None)  # the paths of the --config files, not settings
         written["report"] = write_report(df, fits, self.out_dir, _flatten(resolved))
+        if credibility is not None:  # before log_results, which finishes the runs
+            for logger in self.trainer.loggers:
+                if isinstance(logger, SafeWandbLogger):
+                    logger.log_table("stats", dataframe=credibility[0])
+                    logger.log_table("comparisons", dataframe=credibility[1])
         notes = log_results(self.trainer.loggers, df, resolved)
         print(format_table(comparison_table(df)))
         if credibility is not None:

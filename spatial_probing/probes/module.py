@@ -447,7 +447,11 @@ class LinearProbe(pl.LightningModule):
             kwargs = {k: v for k, v in self._solver_kwargs(batch["x"].device).items() if k != "class_weight"}
             if hp.solver != "batched":  # MDL's blocks are one batched solve whichever solver fitted the probes
                 kwargs = {"tol": kwargs.get("tol", 1e-10)}
-            code = online_codelength(batch["x"], batch["y"].cpu(), rows, self.mdl, **kwargs)
+            try:
+                code = online_codelength(batch["x"], batch["y"].cpu(), rows, self.mdl, **kwargs)
+            except (torch.linalg.LinAlgError, ValueError) as exc:  # the scores and stats are still written
+                warnings.warn(f"MDL of {batch['log_label']} skipped: the block probes failed ({exc})", stacklevel=1)
+                return
             self.codelengths.append((batch["info"], y & rows, code))
 
     def _held_out_decision(self, batch: dict[str, Any], fit: solver.LogRegFit) -> np.ndarray:

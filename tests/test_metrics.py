@@ -9,7 +9,8 @@ import torchmetrics.functional.classification as tmf
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from spatial_probing.probes.folds import fold_masks, inner_folds, target_folds
-from spatial_probing.probes.metrics import METRICS, binary_metrics, fit_metrics, select_C
+from spatial_probing.probes.metrics import METRICS, binary_metrics, fit_metrics
+from spatial_probing.probes.selection import select_C
 from spatial_probing.probes.solver import fit_logreg, predict
 
 

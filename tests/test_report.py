@@ -167,7 +167,7 @@ def test_report_embeds_every_figure_and_writes_png_and_svg(tmp_path, capsys):
     assert "bootstrap CIs" in page and ">Projective<" in meta
     # the tables stay: heat-coloured comparison, tolerance note, exclusions, meta-categories
     assert "hsl(210, 70%, 40%)" in page and "hsl(210, 70%, 95%)" in page  # max 0.7 darkest, min 0.3 lightest
-    assert "0.7097" in page and "partly reflect solver tolerance" in page and "<td>3</td>" in page
+    assert "original_protocol.yaml" in page and "partly reflect solver tolerance" in page and "<td>3</td>" in page
     assert "0.6500 \u00b1 0.0000" in page
     assert capsys.readouterr().out.startswith(f"report: {tmp_path / 'report' / 'report.html'} (7 figures")
 

@@ -8,9 +8,9 @@ import pytest
 from spatial_probing.analysis.features import bag_of_words
 from spatial_probing.analysis.structure import held_out_pair_probe, nearer, triplet_rows
 from spatial_probing.data.derived import split_name, structure_rows
+from spatial_probing.data.relations import META_CATEGORIES
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.data.sources import load_rows
-from spatial_probing.data.vsr import META_CATEGORIES
 from spatial_probing.errors import DataError
 from spatial_probing.tasks.structure import CONVERSES, parse_caption, triplet
 

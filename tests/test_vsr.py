@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from spatial_probing.data.vsr import META_CATEGORIES, dataset_summary, load_vsr, meta_category
+from spatial_probing.data.relations import META_CATEGORIES, meta_category
+from spatial_probing.data.vsr import dataset_summary, load_vsr
 from spatial_probing.errors import DataError
 
 VSR = Path(__file__).resolve().parents[1].parent / "shared" / "vsr"

@@ -9,7 +9,7 @@ import numpy as np
 
 from spatial_probing.analysis.features import FeatureIndex
 from spatial_probing.analysis.stats import stat_row
-from spatial_probing.data.vsr import meta_category
+from spatial_probing.data.relations import meta_category
 
 
 class Analysis(ABC):

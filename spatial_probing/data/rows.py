@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from spatial_probing.data.relations import meta_category
 from spatial_probing.errors import DataError
 from spatial_probing.io import atomic_path
 
@@ -128,8 +129,6 @@ class SpatialRows:
 
     def meta_categories(self) -> tuple[str, ...]:
         """VSR meta-category of every row's relation (``Unallocated`` for relations VSR does not map)."""
-        from spatial_probing.data.vsr import meta_category  # deferred: vsr imports this module
-
         return tuple(meta_category(r) for r in self.relations)
 
     def to_jsonl(self, path: str | Path) -> Path:

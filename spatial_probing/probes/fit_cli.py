@@ -5,7 +5,8 @@
 
 Options are LightningCLI's (``model.*``, ``data.*``, ``trainer.*``, composed ``--config`` files) plus
 ``out_dir`` (default ``outputs/probe``), where the run writes, always and before any W&B upload:
-results.csv (+ results.parquet), comparison.csv, summary.csv, fits.csv, report.html and config.yaml.
+results.csv (+ results.parquet), comparison.csv, summary.csv, fits.csv, report.html and config.yaml,
+and with ``model.stats`` / ``model.mdl`` also stats.csv and comparisons.csv (docs/credibility.md).
 
 The default logger is `SafeWandbLogger` (offline unless ``WANDB_MODE``/``trainer.logger`` says
 otherwise); choose Lightning's ``CSVLogger`` or ``TensorBoardLogger`` with ``trainer.logger``.
@@ -27,7 +28,13 @@ from spatial_probing.errors import ConfigError
 from spatial_probing.io import atomic_write
 from spatial_probing.probes.module import LinearProbe, ProbeDataModule
 from spatial_probing.report.build import write_report
-from spatial_probing.report.tables import comparison_table, format_table, write_results
+from spatial_probing.report.tables import (
+    comparison_table,
+    credibility_table,
+    format_table,
+    write_credibility,
+    write_results,
+)
 from spatial_probing.report.wandb import SafeWandbLogger, default_logger, log_results
 
 
@@ -94,8 +101,11 @@ class ProbeCLI(LightningCLI):
         fits = pd.DataFrame(self.model.fit_info)
         resolved = self.config[self.subcommand].clone().as_dict()
         resolved.pop("config", None)  # the paths of the --config files, not settings
+        credibility = self.model.credibility()
         try:  # each file is written atomically: a failure leaves the previous files whole
             written = write_results(df, self.out_dir, fits)
+            if credibility is not None:  # before the report, which reads stats.csv and comparisons.csv
+                written |= write_credibility(*credibility, self.out_dir)
             config_path = self.out_dir / "config.yaml"
             parser = self._parser(self.subcommand)
             written["config"] = atomic_write(config_path, parser.dump(self.config[self.subcommand], skip_none=False))
@@ -103,11 +113,29 @@ class ProbeCLI(LightningCLI):
         except OSError as exc:
             raise ConfigError(f"cannot write the results to --out_dir {self.out_dir}: {exc.strerror or exc} "
                               "(disk full?); no file there is left half-written") from exc
+        if credibility is not None:  # before log_results, which finishes the runs
+            for logger in self.trainer.loggers:
+                if isinstance(logger, SafeWandbLogger):
+                    logger.log_table("stats", dataframe=credibility[0])
+                    logger.log_table("comparisons", dataframe=credibility[1])
         notes = log_results(self.trainer.loggers, df, resolved, report)
         print(format_table(comparison_table(df)))
+        if credibility is not None:
+            _print_credibility(*credibility)
         print("\nwrote " + ", ".join(str(p) for p in written.values()))
         print("\n".join(notes))
         print(f"report: {report.path}")
+
+
+def _print_credibility(stats: pd.DataFrame, comparisons: pd.DataFrame) -> None:
+    """The mean and meta-category rows of the credibility table, and each paired test's verdict."""
+    table = credibility_table(stats)
+    print("\n" + format_table(table.loc[[t for t in table.index if t == "mean" or t.startswith("meta:")]]))
+    for row in comparisons[comparisons["target"] == "mean"].itertuples():
+        wins = comparisons[(comparisons["target"] == "wins") & (comparisons["label_a"] == row.label_a)
+                           & (comparisons["label_b"] == row.label_b) & (comparisons["task"] == row.task)]
+        print(f"{row.task}: {row.label_a} - {row.label_b} = {row.diff:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}] "
+              f"(p={row.p_value:.4g}); {wins['method'].iloc[0]}")
 
 
 def run_fit(args: list[str]) -> int:

@@ -1,22 +1,24 @@
-"""Binary probe metrics per (fold, C, target), vectorised over problems, and C selection by nested CV.
+"""Binary probe metrics per (fold, C, target), vectorised over problems.
 
 "macro-F1" is the original study's number: the mean of the F1 of class 0 and of class 1 of each
 one-vs-rest probe (``f1_score(average="macro")`` on a test fold holding both classes). Positive-
-class F1, accuracy and balanced accuracy sit beside it. All come from one confusion count.
+class F1, accuracy and balanced accuracy sit beside it. All come from one confusion count, which
+torchmetrics' ``binary_stat_scores`` computes samplewise: one "sample" per (fold, C, target) problem,
+rows outside the problem's test fold marked with ``ignore_index``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
 import numpy as np
 import torch
+from torchmetrics.functional.classification import binary_stat_scores
 
-from spatial_probing.probes.folds import inner_folds
-from spatial_probing.probes.solver import ArrayLike, LogRegFit, fit_logreg, predict
+from spatial_probing.probes.solver import ArrayLike, LogRegFit, predict
 
 METRICS = ("f1_macro", "f1_pos", "accuracy", "balanced_accuracy")
+
+
+_IGNORE = -1  # target value of rows outside a problem's test fold
 
 
 def confusion(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> dict[str, torch.Tensor]:
@@ -24,16 +26,19 @@ def confusion(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> dict[st
 
     ``pred [F, C, n, T]`` bool, ``Y [n, T]`` in {0, 1}, ``test_mask [F, n, T]``: counts ``[F, C, T]``.
     """
-    y = torch.as_tensor(np.asarray(Y) if not isinstance(Y, torch.Tensor) else Y, device=pred.device) > 0
-    test = torch.as_tensor(np.asarray(test_mask) if not isinstance(test_mask, torch.Tensor) else test_mask)
-    test = test.to(pred.device, torch.bool)[:, None]  # [F, 1, n, T]
-    pos, neg = test & y, test & ~y
-    return {
-        "tp": (pred & pos).sum(-2),
-        "fn": (~pred & pos).sum(-2),
-        "fp": (pred & neg).sum(-2),
-        "tn": (~pred & neg).sum(-2),
-    }
+    y = _tensor(Y).to(pred.device).long()
+    test = _tensor(test_mask).to(pred.device, torch.bool)
+    n_folds, n_c, n, n_targets = pred.shape
+    # one torchmetrics sample per (fold, C, target): its rows, with non-test rows ignored
+    target = torch.where(test, y, _IGNORE)[:, None].expand(n_folds, n_c, n, n_targets)
+    scores = binary_stat_scores(
+        pred.transpose(2, 3).reshape(-1, n).long(),
+        target.transpose(2, 3).reshape(-1, n),
+        multidim_average="samplewise",
+        ignore_index=_IGNORE,
+        validate_args=False,
+    ).reshape(n_folds, n_c, n_targets, 5)
+    return {name: scores[..., i] for i, name in enumerate(("tp", "fp", "tn", "fn"))}
 
 
 def binary_metrics(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> dict[str, torch.Tensor]:
@@ -41,8 +46,12 @@ def binary_metrics(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> di
 
     An F1 or recall with an empty denominator is 0, as scikit-learn's ``zero_division`` default.
     """
-    k = {name: v.double() for name, v in confusion(pred, Y, test_mask).items()}
-    tp, fn, fp, tn = k["tp"], k["fn"], k["fp"], k["tn"]
+    return count_metrics(**confusion(pred, Y, test_mask))
+
+
+def count_metrics(tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`METRICS` from confusion counts of any shape (bootstrap resamples reuse this with weighted counts)."""
+    tp, fp, tn, fn = (k.double() for k in (tp, fp, tn, fn))
     f1_pos = _ratio(2 * tp, 2 * tp + fp + fn)
     f1_neg = _ratio(2 * tn, 2 * tn + fn + fp)
     return {
@@ -55,78 +64,26 @@ def binary_metrics(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> di
 
 def fit_metrics(X: ArrayLike, Y: ArrayLike, test_mask: ArrayLike, fit: LogRegFit) -> dict[str, torch.Tensor]:
     """`binary_metrics` of a fit on its test rows, one fold at a time (bounded memory)."""
-    test = torch.as_tensor(np.asarray(test_mask) if not isinstance(test_mask, torch.Tensor) else test_mask)
-    per_fold = [binary_metrics(predict(X, _fold(fit, f)), Y, test[f : f + 1]) for f in range(fit.W.shape[0])]
+    test = _tensor(test_mask)
+    per_fold = [binary_metrics(predict(X, fold(fit, f)), Y, test[f : f + 1]) for f in range(fit.W.shape[0])]
     return {name: torch.cat([m[name] for m in per_fold]) for name in METRICS}
-
-
-@dataclass
-class CSelection:
-    """Nested cross-validation result: the C chosen per (outer fold, target) and its outer scores."""
-
-    Cs: tuple[float, ...]
-    best_index: torch.Tensor  # [F, T] index into Cs of the chosen C
-    inner_f1_macro: torch.Tensor  # [F, len(Cs), T] mean inner-fold macro-F1 (the selection score)
-    outer: dict[str, torch.Tensor]  # metric -> [F, len(Cs), T] on the outer test rows, every C
-    refit: LogRegFit  # the outer-training-rows fits, every C: W [F, len(Cs), T, d]
-
-    @property
-    def best_C(self) -> torch.Tensor:
-        """``[F, T]`` chosen C values."""
-        return torch.tensor(self.Cs, dtype=torch.float64, device=self.best_index.device)[self.best_index]
-
-    def selected(self, metric: str = "f1_macro") -> torch.Tensor:
-        """``[F, T]`` outer-fold score of the chosen C."""
-        return self.outer[metric].gather(1, self.best_index[:, None]).squeeze(1)
-
-
-def select_C(
-    X: ArrayLike,
-    Y: ArrayLike,
-    train_mask: ArrayLike,
-    test_mask: ArrayLike,
-    Cs: Sequence[float],
-    inner_splits: int = 5,
-    seed: int = 42,
-    **fit_kwargs,
-) -> CSelection:
-    """Choose C per (outer fold, target) by inner stratified CV on the outer training rows.
-
-    For every outer fold, its training rows are split into ``inner_splits`` stratified folds; each
-    C is scored by the mean inner macro-F1 and the best (first on ties, in ``Cs`` order) is chosen.
-    All inner fits and the refits on the outer training rows (every C) are problems of one
-    `fit_logreg` call (``fit_kwargs`` go to it), the inner ones warm-started from the refits.
-    """
-    train = np.asarray(train_mask, dtype=bool)
-    n_outer = train.shape[0]
-    inner_train, inner_test = inner_folds(np.asarray(Y), train, inner_splits, seed)
-    K = inner_splits
-    # Problem masks: K inner training sets per outer fold, then the outer training sets; each
-    # inner fit starts from its outer fold's (it holds (K-1)/K of those rows).
-    masks = np.concatenate([inner_train.reshape(n_outer * K, *train.shape[1:]), train])
-    parents = [n_outer * K + f for f in range(n_outer) for _ in range(K)] + [-1] * n_outer
-    fit = fit_logreg(X, Y, masks, Cs, parents=parents, **fit_kwargs)
-    inner_fit, refit = _folds(fit, slice(0, n_outer * K)), _folds(fit, slice(n_outer * K, None))
-    inner = fit_metrics(X, Y, inner_test.reshape(n_outer * K, *train.shape[1:]), inner_fit)["f1_macro"]
-    inner = inner.reshape(n_outer, K, *inner.shape[1:]).mean(1)  # [F, C, T]
-    return CSelection(
-        Cs=fit.Cs,
-        best_index=inner.argmax(1),
-        inner_f1_macro=inner,
-        outer=fit_metrics(X, Y, test_mask, refit),
-        refit=refit,
-    )
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
 
 
-def _fold(fit: LogRegFit, f: int) -> LogRegFit:
-    return _folds(fit, slice(f, f + 1))
+def _tensor(a: ArrayLike) -> torch.Tensor:
+    return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
 
 
-def _folds(fit: LogRegFit, sl: slice) -> LogRegFit:
+def fold(fit: LogRegFit, f: int) -> LogRegFit:
+    """The problems of fold ``f`` of ``fit`` (W ``[1, C, T, d]``)."""
+    return folds(fit, slice(f, f + 1))
+
+
+def folds(fit: LogRegFit, sl: slice) -> LogRegFit:
+    """The problems of the folds ``sl`` of ``fit``."""
     return LogRegFit(
         W=fit.W[sl],
         b=fit.b[sl],

@@ -28,8 +28,17 @@ from torch.utils.data import DataLoader
 
 from spatial_probing.errors import ConfigError, FeatureError
 from spatial_probing.features.store import FeatureEntry, FeatureSet, load_entry, read_meta
-from spatial_probing.probes import metrics, sklearn_ref, solver
+from spatial_probing.probes import baselines, metrics, selection, sklearn_ref, solver
+from spatial_probing.probes.baselines import Baseline, baseline_set
 from spatial_probing.probes.folds import fold_masks, target_folds
+from spatial_probing.probes.mdl import Codelength, MDLOptions, online_codelength
+from spatial_probing.probes.stats import (
+    SetOutputs,
+    StatsOptions,
+    codelength_table,
+    comparisons_table,
+    stats_table,
+)
 from spatial_probing.report.tables import (
     IDENTITY_COLUMNS,
     RESULT_COLUMNS,
@@ -38,6 +47,7 @@ from spatial_probing.report.tables import (
     summary,
 )
 from spatial_probing.tasks.base import ProbeTask, Task
+from spatial_probing.tasks.control import ControlTask, Lexical
 from spatial_probing.tasks.relation_type import RelationType
 
 Solver = Literal["batched", "sklearn"]
@@ -196,6 +206,12 @@ class ProbeDataModule(pl.LightningDataModule):
         folds: ``stratified`` per target (the original protocol) or ``grouped`` by image, so no
             image is in both the training and test rows (needed for image features).
         normalize: L2-normalise every feature row (the original protocol).
+        baselines: baselines probed beside the entries on the same rows and folds (`probes.baselines`):
+            ``majority``, ``ngrams`` (word 1-3-grams of the caption), ``ngrams-masked`` (relation phrase
+            removed). The random-init encoder is an entry of its own (extract with ``--model.random_init true``).
+        control: also probe each entry (not the baselines) on the Hewitt-Liang control of the task
+            (`tasks.control.ControlTask`), labels a seeded function of the ``subject`` noun, ``object``
+            noun or ``pair``; None: no control.
     """
 
     def __init__(
@@ -208,6 +224,8 @@ class ProbeDataModule(pl.LightningDataModule):
         seed: int = 42,
         folds: Literal["stratified", "grouped"] = "stratified",
         normalize: bool = True,
+        baselines: list[Baseline] | None = None,
+        control: Lexical | None = None,
     ) -> None:
         super().__init__()
         _check_option("data.n_splits", n_splits, n_splits >= 2, "an integer >= 2 (cross-validation folds)")
@@ -229,15 +247,23 @@ class ProbeDataModule(pl.LightningDataModule):
         for fs in (fs for fs in sets if not fs.valid.any()):
             print(f"skipping {fs.path} view {fs.view} layer {fs.layer}: all {len(fs.rows)} rows excluded "
                   f"({len(fs.failures)} failed images, e.g. {fs.failures[0]['reason'] if fs.failures else '-'})")
-        self.probe_sets = [self._prepare(fs) for fs in sets if fs.valid.any()]
+        extra = [baseline_set(name, entries[0]) for name in dict.fromkeys(hp.baselines or [])]
+        # the control task measures what an encoder's features memorise: baselines get the task only
+        self.probe_sets = [self._prepare(fs, task) for fs in sets if fs.valid.any() for task in self.tasks()]
+        self.probe_sets += [self._prepare(fs, self.task) for fs in extra]
         labels = entry_labels(pd.DataFrame([ps.info for ps in self.probe_sets]))
         for probe_set, label in zip(self.probe_sets, labels, strict=True):
             probe_set.label = label
 
-    def _prepare(self, entry: FeatureSet) -> ProbeSet:
+    def tasks(self) -> list[Task]:
+        """The configured task, then its control task when ``control`` is set."""
+        control = self.hparams.control
+        return [self.task] + ([ControlTask(self.task, lexical=control, seed=self.hparams.seed)] if control else [])
+
+    def _prepare(self, entry: FeatureSet, task_plugin: Task) -> ProbeSet:
         hp = self.hparams
         check_features(entry)
-        task = self.task.build(entry.rows)
+        task = task_plugin.build(entry.rows)
         # Folds are drawn over all rows, then failed rows dropped: every encoder of one dataset gets
         # the same folds, so their scores stay paired even when some images failed.
         groups = task.groups if hp.folds == "grouped" else None
@@ -261,6 +287,10 @@ class ProbeDataModule(pl.LightningDataModule):
             "test_mask": torch.from_numpy(probe_set.test_mask),
             "info": probe_set.info,
             "label": probe_set.label,
+            # W&B metric prefix: the control task's metrics must not overwrite the task's
+            "log_label": probe_set.label + ("" if probe_set.task.name == self.task.name else f" {probe_set.task.name}"),
+            "rows": probe_set.rows,
+            "groups": probe_set.task.groups,
             "n_sets": len(self.probe_sets),
             "protocol": {"n_splits": self.hparams.n_splits, "seed": self.hparams.seed},
         }
@@ -305,6 +335,9 @@ class LinearProbe(pl.LightningModule):
             rows (``data.n_splits`` inner folds, mean macro-F1) and report only the chosen C;
             needs the batched solver (all inner fits are one batched solve).
         dtype: floating-point type of the batched solver.
+        stats: bootstrap CIs, meta-category aggregates, selectivity and paired tests (`probes.stats`),
+            from the held-out predictions of this fit; needs one C per probe (a single C or select_C).
+        mdl: also the online codelength of every target (`probes.mdl`), a batched solve of its own.
     """
 
     def __init__(
@@ -316,6 +349,8 @@ class LinearProbe(pl.LightningModule):
         max_iter: int | None = None,
         select_C: bool = False,
         dtype: Literal["float64", "float32"] = "float64",
+        stats: StatsOptions | None = None,
+        mdl: MDLOptions | None = None,
     ) -> None:
         super().__init__()
         if select_C and solver != "batched":
@@ -324,13 +359,20 @@ class LinearProbe(pl.LightningModule):
                       "a non-empty list of finite numbers > 0 (inverse regularisation strengths), or null for [1.0]")
         _check_option("model.tol", tol, tol is None or (np.isfinite(tol) and tol > 0), "a number > 0, or null")
         _check_option("model.max_iter", max_iter, max_iter is None or max_iter >= 1, "an integer >= 1, or null")
+        if stats is not None and len(Cs or [1.0]) > 1 and not select_C:
+            raise ConfigError("model.stats needs one C per probe: set model.select_C: true or a single model.Cs value")
         self.save_hyperparameters()
         self.Cs = tuple(float(c) for c in (Cs or [1.0]))
+        # a config may hand the option groups over as mappings
+        self.stats = StatsOptions(**stats) if isinstance(stats, dict) else stats
+        self.mdl = MDLOptions(**mdl) if isinstance(mdl, dict) else mdl
         self.automatic_optimization = False  # training_step runs the solver itself
         self._fits: dict[int, solver.LogRegFit] = {}
         self._chosen: dict[int, torch.Tensor] = {}  # per set: index into Cs per (fold, target)
         self.records: list[pd.DataFrame] = []  # tidy results, one frame per probe set
         self.fit_info: list[dict] = []  # one row per probe set: provenance, solver, convergence
+        self.outputs: list[SetOutputs] = []  # held-out predictions per probe set (model.stats)
+        self.codelengths: list[tuple[dict, np.ndarray, Codelength]] = []  # (info, y, code) per set (model.mdl)
 
     @property
     def fit_fn(self) -> Any:
@@ -350,15 +392,20 @@ class LinearProbe(pl.LightningModule):
     def _solve(self, batch: dict[str, Any]) -> solver.LogRegFit:
         """Fit every (fold, C, target) problem; with ``select_C`` also pick C per (fold, target)."""
         x, y, train_mask = batch["x"], batch["y"], batch["train_mask"]
+        if baselines.is_majority(batch["info"]["encoder"]):  # no features: the training fold's prior
+            fit = baselines.majority_fit(y.cpu(), train_mask.cpu(), self.Cs)
+            if self.hparams.select_C:
+                self._chosen[batch["index"]] = torch.zeros(fit.b.shape[0], fit.b.shape[2], dtype=torch.int64)
+            return fit
         kwargs = self._solver_kwargs(x.device)
         if self.hparams.select_C:
             protocol = batch["protocol"]
-            selection = metrics.select_C(
+            chosen = selection.select_C(
                 x, y.cpu(), train_mask.cpu(), batch["test_mask"].cpu(), self.Cs,
                 inner_splits=protocol["n_splits"], seed=protocol["seed"], **kwargs,
             )  # fmt: skip
-            self._chosen[batch["index"]] = selection.best_index
-            return selection.refit
+            self._chosen[batch["index"]] = chosen.best_index
+            return chosen.refit
         if self.hparams.solver == "sklearn":  # the scikit-learn loop runs on the CPU whatever the accelerator
             x, y, train_mask = x.cpu(), y.cpu(), train_mask.cpu()
             # one problem at a time takes minutes on real data: show it when the trainer shows progress
@@ -411,8 +458,52 @@ class LinearProbe(pl.LightningModule):
             C = C.gather(1, pick)
         frame = self._records(batch, scores, C, fit.solver)
         self.records.append(frame)
-        prefix = batch["label"].replace("/", "_") + "/" if batch["n_sets"] > 1 else ""
+        prefix = batch["log_label"].replace("/", "_") + "/" if batch["n_sets"] > 1 else ""
         self.log_dict(self._metric_dict(frame, prefix), on_step=False, on_epoch=True, batch_size=1)
+        self._keep_outputs(batch, fit)
+
+    def _keep_outputs(self, batch: dict[str, Any], fit: solver.LogRegFit) -> None:
+        """What ``stats`` and ``mdl`` need of this probe set: held-out decisions, codelengths."""
+        hp = self.hparams
+        y = batch["y"].cpu().numpy().astype(bool)
+        test = batch["test_mask"].cpu().numpy()
+        if self.stats is not None:
+            self.outputs.append(SetOutputs(
+                info=batch["info"], label=batch["label"], rows=_numpy(batch["rows"]), groups=_numpy(batch["groups"]),
+                y=y, test=test, decision=self._held_out_decision(batch, fit),
+            ))  # fmt: skip
+        if self.mdl is not None and not baselines.is_majority(batch["info"]["encoder"]):
+            rows = (batch["train_mask"] | batch["test_mask"]).any(0).cpu().numpy()
+            kwargs = {k: v for k, v in self._solver_kwargs(batch["x"].device).items() if k != "class_weight"}
+            if hp.solver != "batched":  # MDL's blocks are one batched solve whichever solver fitted the probes
+                kwargs = {"tol": kwargs.get("tol", 1e-10)}
+            try:
+                code = online_codelength(batch["x"], batch["y"].cpu(), rows, self.mdl, **kwargs)
+            except (torch.linalg.LinAlgError, ValueError) as exc:  # the scores and stats are still written
+                warnings.warn(f"MDL of {batch['log_label']} skipped: the block probes failed ({exc})", stacklevel=1)
+                return
+            self.codelengths.append((batch["info"], y & rows, code))
+
+    def _held_out_decision(self, batch: dict[str, Any], fit: solver.LogRegFit) -> np.ndarray:
+        """``[n, T]`` decision value of each row from the fold where it is a test row, at the reported C."""
+        test = batch["test_mask"].cpu()
+        chosen = self._chosen.get(batch["index"])
+        out = torch.full(test.shape[1:], float("nan"), dtype=torch.float64)
+        for f in range(test.shape[0]):
+            dec = solver.decision_function(batch["x"], metrics.fold(fit, f))[0].cpu()  # [C, n, T]
+            pick = chosen[f].cpu() if chosen is not None else torch.zeros(dec.shape[-1], dtype=torch.int64)
+            dec = dec.gather(0, pick.expand(1, dec.shape[1], -1))[0]
+            out = torch.where(test[f], dec, out)
+        return out.numpy()
+
+    def credibility(self) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+        """stats.csv and comparisons.csv tables (``report.tables`` schema), or None without stats/mdl."""
+        if self.stats is None and self.mdl is None:
+            return None
+        options = self.stats or StatsOptions()
+        frames = [stats_table(self.outputs, options)]  # no outputs kept without stats: an empty table
+        frames += [codelength_table(info, y, code, self.mdl, options) for info, y, code in self.codelengths]
+        return pd.concat(frames, ignore_index=True), comparisons_table(self.outputs, options)
 
     def _records(
         self, batch: dict[str, Any], scores: dict[str, torch.Tensor], C: torch.Tensor, solver_name: str
@@ -454,3 +545,7 @@ class LinearProbe(pl.LightningModule):
     def results(self) -> pd.DataFrame:
         """Every number of the fit as one tidy table (``report.tables.RESULT_COLUMNS``)."""
         return results_frame(self.records)
+
+
+def _numpy(a: Any) -> np.ndarray:
+    return a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)

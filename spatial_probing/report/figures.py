@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from spatial_probing.data.vsr import META_CATEGORIES, meta_category
+from spatial_probing.data.relations import META_CATEGORIES, meta_category
 from spatial_probing.errors import SpatialProbingError
 from spatial_probing.report.run_files import RunFiles
 from spatial_probing.report.tables import HEADLINE_METRIC

@@ -20,11 +20,10 @@ _REPORT_LIBRARIES = ("spatial_probing", "matplotlib", "pandas", "numpy")
 
 TOLERANCE_NOTE = (
     "Solver tolerance matters for these numbers. scikit-learn's lbfgs with its default tol=1e-4 stops "
-    "early (19 iterations on \u201cleft of\u201d): on all-mpnet-base-v2 features of VSR random train the "
-    "original protocol gives mean macro-F1 0.7097 at the default tolerance and 0.7141 run to convergence "
-    "(tol=1e-10), and single relations move by up to 0.082 (\u201cparallel to\u201d). The original "
-    "study's per-relation numbers therefore partly reflect solver tolerance; the batched solver reports "
-    "the converged optimum."
+    "early, so the original study's per-relation numbers partly reflect solver tolerance; the batched "
+    "solver reports the converged optimum. Compare `spatial-probing fit --config "
+    "configs/probe/original_protocol.yaml` with `--config configs/probe/converged.yaml` on the same "
+    "features to see the size of the effect (docs/credibility.md)."
 )
 
 _STYLE = """
@@ -87,7 +86,7 @@ def _summary_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def meta_category_table(df: pd.DataFrame, metric: str = HEADLINE_METRIC) -> pd.DataFrame:
     """Mean over the relations of each VSR meta-category of the fold-mean ``metric``, per probe."""
-    from spatial_probing.data.vsr import meta_category
+    from spatial_probing.data.relations import meta_category
 
     table = comparison_table(df, metric).drop(index="MEAN")
     categories = pd.Index([meta_category(r) for r in table.index], name="meta_category")

@@ -71,6 +71,8 @@ def probe_labels(df: pd.DataFrame) -> pd.Series:
     the chosen C differs between folds but is one probe.
     """
     label = entry_labels(df)
+    if df["task"].nunique() > 1:  # a task and its control side by side stay apart
+        label = label + " [" + df["task"].astype(str) + "]"
     n_c = df.groupby([*PROBE_KEYS, "target", "fold", "metric"])["C"].transform("nunique")
     label = label.where(n_c <= 1, label + " C=" + df["C"].map("{:g}".format))
     if df.groupby(label)["solver"].transform("nunique").gt(1).any():
@@ -147,3 +149,54 @@ def write_results(df: pd.DataFrame, out_dir: str | Path, fits: pd.DataFrame | No
         written["fits"] = out / "fits.csv"
         _write_csv(fits, written["fits"], "%.6g")
     return written
+
+
+#: Column order of stats.csv and comparisons.csv (see docs/credibility.md).
+STATS_SORT = ["dataset", "encoder", "view", "layer", "entry", "task", "metric", "target"]
+COMPARISON_SORT = ["task", "label_a", "label_b", "metric"]
+
+
+def write_credibility(stats: pd.DataFrame, comparisons: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    """Write stats.csv and comparisons.csv (fixed precision, stable order: identical numbers, identical bytes)."""
+    out = Path(out_dir)
+    written = {"stats": out / "stats.csv", "comparisons": out / "comparisons.csv"}
+    with atomic_path(written["stats"]) as tmp:
+        _write_csv(stats.sort_values(STATS_SORT, kind="mergesort"), tmp, "%.6f")
+    with atomic_path(written["comparisons"]) as tmp:
+        _write_csv(comparisons.sort_values(COMPARISON_SORT, kind="stable"), tmp, "%.6g")
+    return written
+
+
+#: The columns of the credibility table: (metric in stats.csv, task suffix, column heading).
+CREDIBILITY_METRICS = (
+    ("f1_macro", "", "f1_macro"),
+    ("f1_macro", "/control", "control"),
+    ("selectivity_f1_macro", "", "selectivity"),
+    ("mdl_compression", "", "mdl"),
+)
+
+
+def credibility_table(stats: pd.DataFrame, task: str | None = None, ci: bool = True) -> pd.DataFrame:
+    """Target x (probe, measure) table of one task from stats.csv: ``estimate [ci_low, ci_high]`` per cell.
+
+    Measures: macro-F1, the control task's macro-F1, selectivity and MDL compression, where present;
+    targets in stats order with ``mean`` and the ``meta:`` aggregates last.
+    """
+    if stats.empty:
+        return pd.DataFrame()
+    task = task or str(stats["task"].iloc[0]).removesuffix("/control")
+    labels = entry_labels(stats.assign(storage_dtype="", precision=""))
+    stats = stats.assign(probe=labels)
+    columns = {}
+    for metric, suffix, heading in CREDIBILITY_METRICS:
+        part = stats[(stats["metric"] == metric) & (stats["task"] == task + suffix)]
+        for probe, rows in part.groupby("probe", sort=False):
+            cell = rows.set_index("target")
+            text = cell["estimate"].map("{:.3f}".format)
+            if ci and cell["ci_low"].notna().any():
+                text = text + " [" + cell["ci_low"].map("{:.3f}".format) + ", " + cell["ci_high"].map("{:.3f}".format) + "]"
+            columns[f"{probe} {heading}"] = text
+    table = pd.DataFrame(columns)
+    targets = list(pd.unique(stats.loc[~stats["target"].str.contains(":") & (stats["target"] != "mean"), "target"]))
+    aggregates = ["mean"] + sorted(t for t in table.index if str(t).startswith("meta:"))
+    return table.reindex([t for t in targets + aggregates if t in table.index])

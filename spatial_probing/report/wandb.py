@@ -142,7 +142,7 @@ def default_logger() -> dict | bool:
 
 def relation_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per target: its VSR meta-category (relation tasks) and the fold-mean macro-F1 of every probe."""
-    from spatial_probing.data.vsr import meta_category
+    from spatial_probing.data.relations import meta_category
 
     table = comparison_table(df).drop(index="MEAN")
     relation_task = set(df["task"]) == {"relation_type"}

@@ -352,11 +352,12 @@ def test_result_files_are_written_atomically_on_a_full_disk(tmp_path, capsys):
     entry = toy_entry(tmp_path)
     out = tmp_path / "out"
     assert main(_fit_args(out, "--data.features", f"[{entry}]")) == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    files = lambda: {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}  # noqa: E731
+    before = files()  # results, report, figures/
     with _file_size_limit(3000):  # results.csv (~7 KB) cannot be written whole
         line = _error(capsys, _fit_args(out, "--data.features", f"[{entry}]", "--model.Cs", "[0.5]"))
     assert f"cannot write the results to --out_dir {out}" in line
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # previous files whole, no temp files
+    assert files() == before  # previous files whole, no temp files
 
 
 # --------------------------------------------------------------------------------------------

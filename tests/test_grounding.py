@@ -165,12 +165,3 @@ def test_structure_scores_of_the_bag_of_words_baseline(tmp_path: Path) -> None:
     assert items[items.test == "structure"].score.eq(0.5).all()  # same words: an exact tie
     assert items[items.test == "swap"].score.eq(0.0).all()  # the swap shares the caption's relation word too
     assert len(items) == 80
-
-
-def test_holm_matches_a_hand_computation() -> None:
-    # sorted p: 0.01 (x3 = 0.03), 0.02 (x2 = 0.04), 0.04 (x1 = 0.04, monotone)
-    assert analysis.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
-    values = np.random.default_rng(0).random((2, 50))
-    est, lo, hi = analysis.interval(values, 200, 0.95, seed=0)
-    assert lo < est < hi and est == pytest.approx(values.mean())
-    assert analysis.paired_difference(values, values, 100, 0.95, seed=0)[3] == 1.0

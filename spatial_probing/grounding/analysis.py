@@ -82,14 +82,3 @@ def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int, level: float, s
     tail = min((boots <= 0).mean(), (boots >= 0).mean())
     p = 1.0 if np.allclose(a, b) else min(1.0, max(2 * tail, 1 / n_boot))
     return float((a - b).mean()), float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha)), p
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone), in the input order."""
-    order = np.argsort(p_values)
-    adjusted = np.empty(len(p_values))
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted.tolist()

@@ -36,6 +36,7 @@ from spatial_probing.features.store import load_entry
 from spatial_probing.grounding import analysis
 from spatial_probing.grounding import scenes as S
 from spatial_probing.io import atomic_write
+from spatial_probing.probes.stats import holm
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "grounding"
 CONTROL = "random-init"
@@ -151,7 +152,7 @@ def summarise(items: pd.DataFrame, arms: list[str], keys: list[str], item: str, 
     comp = pd.DataFrame(comparisons)
     if not comp.empty:  # Holm over the targets (all but the last key) of one comparison
         family = ["arm_a", "arm_b", *keys[:-1]] if len(keys) > 1 else ["arm_a", "arm_b"]
-        comp["p_holm"] = comp.groupby(family)["p_value"].transform(lambda p: analysis.holm(list(p)))
+        comp["p_holm"] = comp.groupby(family)["p_value"].transform(lambda p: holm(p.to_numpy()))
         comp["significant"] = comp.p_holm < 1 - level
     return pd.DataFrame(stats), comp
 

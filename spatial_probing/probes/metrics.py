@@ -92,4 +92,5 @@ def folds(fit: LogRegFit, sl: slice) -> LogRegFit:
         converged=fit.converged[sl],
         grad_max=fit.grad_max[sl],
         solver=fit.solver,
+        stopped_at_cap=fit.stopped_at_cap[sl],
     )

@@ -52,7 +52,7 @@ from spatial_probing.tasks.relation_type import RelationType
 
 Solver = Literal["batched", "sklearn"]
 _SOLVERS = {"batched": solver.fit_logreg, "sklearn": sklearn_ref.fit_sklearn}
-_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 #: The first study's task; lazy so ``--print_config`` shows it as ``class_path``/``init_args``.
 DEFAULT_TASK = lazy_instance(RelationType)
 #: How many offending rows an error message lists.
@@ -334,7 +334,9 @@ class LinearProbe(pl.LightningModule):
         select_C: choose C per (fold, target) by inner stratified cross-validation on the training
             rows (``data.n_splits`` inner folds, mean macro-F1) and report only the chosen C;
             needs the batched solver (all inner fits are one batched solve).
-        dtype: floating-point type of the batched solver.
+        dtype: precision of the batched solver's Hessian-vector products (``bfloat16`` only where the
+            hardware multiplies it natively, float32 elsewhere); gradients and the stopping test stay
+            float64-accurate (docs/solver.md).
         stats: bootstrap CIs, meta-category aggregates, selectivity and paired tests (`probes.stats`),
             from the held-out predictions of this fit; needs one C per probe (a single C or select_C).
         mdl: also the online codelength of every target (`probes.mdl`), a batched solve of its own.
@@ -348,7 +350,7 @@ class LinearProbe(pl.LightningModule):
         tol: float | None = None,
         max_iter: int | None = None,
         select_C: bool = False,
-        dtype: Literal["float64", "float32"] = "float64",
+        dtype: Literal["float64", "float32", "bfloat16"] = "float64",
         stats: StatsOptions | None = None,
         mdl: MDLOptions | None = None,
     ) -> None:

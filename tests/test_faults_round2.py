@@ -3,7 +3,7 @@
 Reuses the fixtures and helpers of test_faults.py (the tiny dataset, the reference entry, the CLI
 arguments). docs/reliability.md lists every case with what the toolkit does.
 
-38 fault cases (``ROUND2_CASES``; ``test_round2_cases_are_documented`` keeps this list and the count in step).
+39 fault cases (``ROUND2_CASES``; ``test_round2_cases_are_documented`` keeps this list and the count in step).
 
 Probe options refused at config time, naming the option and its valid range (item 2).
     Cs-negative, Cs-empty, Cs-zero, n-splits-1, max-iter-0, tol-zero
@@ -19,7 +19,8 @@ Concurrency and stops (items 12, 13, 17).
     sigterm-mid-run-subprocess (slow), sigterm-during-fit
 Edges (items 14-16, 18).
     image-name-outside-root, image-is-a-directory, image-symlink-to-device, cached-download-mode,
-    duplicate-rows-warned, sbert-default-named, image-host-unreachable-fails-fast, unconverged-probes-announced
+    duplicate-rows-warned, long-captions-warned, sbert-default-named, image-host-unreachable-fails-fast,
+    unconverged-probes-announced
 """
 
 # ruff: noqa: F811 - the fixtures imported from test_faults are requested by name as test arguments
@@ -493,6 +494,16 @@ def test_duplicate_rows_are_warned_with_a_count(tmp_path, minilm_dir, capsys):
             f"row {N_ROWS}); unless folds are grouped by image (--data.folds grouped when probing)") in out
 
 
+def test_captions_longer_than_the_tokenizer_limit_are_warned_with_a_count(tmp_path, minilm_dir, capsys):
+    rows = _rows()
+    long_caption = "The cat is left of the " + "very " * 300 + "big box."
+    dataset = _write_rows(tmp_path / "long", [*rows, {**rows[0], "caption": long_caption}])
+    assert main(["extract", *_args(tmp_path / "features", dataset, minilm_dir)]) == 0
+    out = capsys.readouterr().out
+    assert (f"warning: long/train: 1 captions are longer than the tokenizer's limit of 256 tokens (longest 311, "
+            f"first: row {N_ROWS}); their ends are truncated before encoding") in out
+
+
 def test_bare_sbert_names_the_default_model(tmp_path, tiny, minilm_dir, capsys):
     capsys.readouterr()
     main(["extract", *_args(tmp_path / "features", tiny, minilm_dir), "--model.encoder", "sbert"])
@@ -541,7 +552,7 @@ ROUND2_CASES = (
     "second-extraction-waits-and-reuses", "two-extractions-race", "sigterm-mid-extraction",
     "sigterm-mid-run-subprocess", "sigterm-during-fit",
     "image-name-outside-root", "image-is-a-directory", "image-symlink-to-device", "cached-download-mode",
-    "duplicate-rows-warned", "sbert-default-named", "image-host-unreachable-fails-fast",
+    "duplicate-rows-warned", "long-captions-warned", "sbert-default-named", "image-host-unreachable-fails-fast",
     "unconverged-probes-announced",
 )
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -82,6 +83,11 @@ class Encoder(torch.nn.Module):
     def preprocess_text(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenise a batch of captions exactly as the underlying library does."""
         raise NotImplementedError
+
+    def text_token_limit(self, texts: list[str]) -> tuple[np.ndarray, int] | None:
+        """Each caption's token count (special tokens included) and the limit past which the tokenizer
+        truncates; None where the adapter cannot tell (then nothing is warned)."""
+        return None
 
     def preprocess_image(self, img: Image.Image) -> torch.Tensor:
         """Transform one RGB image into the ``[3, H, W]`` pixel tensor the image tower expects."""

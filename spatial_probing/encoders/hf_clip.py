@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
@@ -54,6 +55,10 @@ class HFClipEncoder(Encoder):
         self.image_processor = image_processor
         self.context_length = config.text_config.max_position_embeddings
         self.freeze()
+
+    def text_token_limit(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        ids = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+        return np.array([len(i) for i in ids]), int(self.context_length)
 
     def preprocess_text(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Token ids and attention mask, truncated and padded to the full context length."""

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import open_clip
 import torch
 from PIL import Image
@@ -41,6 +42,13 @@ class OpenClipEncoder(Encoder):
     def preprocess_text(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """open_clip token ids ``[B, context_length]`` (zero-padded, EOT-terminated)."""
         return {"input_ids": self.tokenizer(texts)}
+
+    def text_token_limit(self, texts: list[str]) -> tuple[np.ndarray, int] | None:
+        # open_clip's own BPE tokenizer; models with a Hugging Face tokenizer are not counted here
+        if not isinstance(self.tokenizer, open_clip.tokenizer.SimpleTokenizer):
+            return None
+        counts = np.array([len(self.tokenizer.encode(t)) + 2 for t in texts])  # + start and end tokens
+        return counts, int(self.tokenizer.context_length)
 
     def preprocess_image(self, img: Image.Image) -> torch.Tensor:
         """open_clip's eval transform (resize, centre crop, normalise)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
@@ -46,6 +47,10 @@ class SBertEncoder(Encoder):
         """The library's own tokenisation (its tokenizer, truncated to ``max_seq_length``)."""
         # preprocess() also returns non-tensor entries (the modality name); a batch carries tensors only.
         return {k: v for k, v in self.model.preprocess(texts).items() if isinstance(v, torch.Tensor)}
+
+    def text_token_limit(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        ids = self.model.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return np.array([len(i) for i in ids]), int(self.model.max_seq_length)
 
     def n_layers(self, stream: str) -> int:
         return int(self.model.transformers_model.config.num_hidden_layers)

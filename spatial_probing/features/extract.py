@@ -9,10 +9,12 @@ from __future__ import annotations
 import warnings
 
 import lightning.pytorch as pl
+import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
 from spatial_probing.data.datamodule import SpatialDataModule
 from spatial_probing.data.vsr import dataset_summary
+from spatial_probing.encoders.base import Encoder
 from spatial_probing.encoders.module import FrozenEncoder
 from spatial_probing.encoders.registry import display_name
 from spatial_probing.encoders.views import family_view
@@ -65,6 +67,8 @@ def _extract(trainer: pl.Trainer, model: FrozenEncoder, datamodule: SpatialDataM
     print(f"extracting {model.spec} features of {datamodule.rows.name} ({len(datamodule.rows)} rows)", flush=True)
     datamodule.warn_about_rows()
     encoder = model.build()  # before any shard dir exists: a model that fails to load leaves nothing behind
+    if "text" in model.parts():
+        warn_long_captions(encoder, datamodule.rows.captions, datamodule.rows.name)
     parts = model.parts()  # stream -> parts its batches store
     partial = store.prepare_partial(key, datamodule.plan_signature())
     plans = {"text": datamodule.text_plan(), "image": datamodule.image_plan()}
@@ -101,3 +105,16 @@ def _extract(trainer: pl.Trainer, model: FrozenEncoder, datamodule: SpatialDataM
     if entry is not None:
         print(f"wrote {entry.describe()}")
     return entry
+
+
+def warn_long_captions(encoder: Encoder, captions: tuple[str, ...], name: str) -> None:
+    """Print a warning when captions exceed the tokenizer's limit: their ends are cut before encoding."""
+    counted = encoder.text_token_limit(list(captions))
+    if counted is None:
+        return
+    counts, limit = counted
+    long_rows = np.flatnonzero(counts > limit)
+    if len(long_rows):
+        print(f"warning: {name}: {len(long_rows)} captions are longer than the tokenizer's limit of {limit} tokens "
+              f"(longest {int(counts.max())}, first: row {int(long_rows[0])}); their ends are truncated before encoding",
+              flush=True)

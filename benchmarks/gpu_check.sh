@@ -13,7 +13,7 @@ common=(--config configs/extract/demo_clip_random.yaml --data.scenes_per_relatio
 /usr/bin/time -f "cpu fp32 extract: %e s" python -m spatial_probing.cli extract --config configs/trainer/cpu.yaml "${common[@]}" --feature_root "$out/cpu"
 for acc in gpu cpu; do
   python -m spatial_probing.cli fit --config configs/probe/demo.yaml --data.feature_root "$out/gpu" \
-    --data.min_count 8 --data.n_splits 3 --trainer.accelerator $acc --trainer.logger false --out_dir "$out/fit_$acc" > "$out/fit_$acc.log" 2>&1
+    --data.task.min_count 8 --data.n_splits 3 --trainer.accelerator $acc --trainer.logger false --out_dir "$out/fit_$acc" > "$out/fit_$acc.log" 2>&1
 done
 python - "$out" <<'PY'
 import sys, pathlib, numpy as np

@@ -9,7 +9,7 @@ import torchmetrics.functional.classification as tmf
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from spatial_probing.probes.folds import fold_masks, inner_folds, target_folds
-from spatial_probing.probes.metrics import METRICS, binary_metrics, fit_metrics
+from spatial_probing.probes.metrics import METRICS, binary_metrics, confusion, fit_metrics
 from spatial_probing.probes.selection import select_C
 from spatial_probing.probes.solver import fit_logreg, predict
 
@@ -96,3 +96,12 @@ def test_select_C_picks_the_best_mean_inner_macro_f1():
     assert chosen.shape == (3, 3)
     assert chosen[0, 1].item() == outer["f1_macro"][0, sel.best_index[0, 1], 1].item()
     assert set(sel.best_C.unique().tolist()) <= set(Cs)
+
+
+def test_confusion_of_a_single_problem_matches_hand_counts():
+    # one fold, one C, one target: torchmetrics alone would squeeze the lone sample away
+    pred = torch.tensor([True, False, True, True]).reshape(1, 1, 4, 1)
+    y = np.array([[1], [1], [0], [1]])
+    test = np.array([[[True], [True], [True], [False]]])
+    counts = {k: int(v) for k, v in confusion(pred, y, test).items()}
+    assert counts == {"tp": 1, "fp": 1, "tn": 0, "fn": 1}

@@ -31,13 +31,13 @@ def confusion(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> dict[st
     n_folds, n_c, n, n_targets = pred.shape
     # one torchmetrics sample per (fold, C, target): its rows, with non-test rows ignored
     target = torch.where(test, y, _IGNORE)[:, None].expand(n_folds, n_c, n, n_targets)
+    samples = (pred.transpose(2, 3).reshape(-1, n).long(), target.transpose(2, 3).reshape(-1, n))
+    n_samples = samples[0].shape[0]
+    if n_samples == 1:  # torchmetrics squeezes a lone sample's dimension away: give it a twin, keep one
+        samples = tuple(s.repeat(2, 1) for s in samples)
     scores = binary_stat_scores(
-        pred.transpose(2, 3).reshape(-1, n).long(),
-        target.transpose(2, 3).reshape(-1, n),
-        multidim_average="samplewise",
-        ignore_index=_IGNORE,
-        validate_args=False,
-    ).reshape(n_folds, n_c, n_targets, 5)
+        *samples, multidim_average="samplewise", ignore_index=_IGNORE, validate_args=False
+    )[:n_samples].reshape(n_folds, n_c, n_targets, 5)
     return {name: scores[..., i] for i, name in enumerate(("tp", "fp", "tn", "fn"))}
 
 

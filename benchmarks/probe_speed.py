@@ -42,7 +42,8 @@ import torch  # noqa: E402
 
 from spatial_probing.features.store import load_entry  # noqa: E402
 from spatial_probing.probes.folds import fold_masks, target_folds  # noqa: E402
-from spatial_probing.probes.metrics import fit_metrics, select_C  # noqa: E402
+from spatial_probing.probes.metrics import fit_metrics  # noqa: E402
+from spatial_probing.probes.selection import select_C  # noqa: E402
 from spatial_probing.probes.sklearn_ref import fit_sklearn  # noqa: E402
 from spatial_probing.probes.solver import bf16_supported, fit_logreg, scaled_gradient_max  # noqa: E402
 from spatial_probing.tasks.relation_type import RelationType  # noqa: E402

@@ -158,10 +158,11 @@ def test_local_encoder_errors_name_the_checkpoint(tmp_path: Path) -> None:
 
 
 def test_structure_scores_of_the_bag_of_words_baseline(tmp_path: Path) -> None:
+    from spatial_probing.analysis.features import bag_of_words
     from spatial_probing.data.vsr import load_vsr
 
     rows = load_vsr(str(write_probe_scenes(tmp_path, 40, seed=2)), "test")
-    items = analysis.structure_items(analysis.bag_of_words(list(rows.captions)), rows)
+    items = analysis.structure_items(bag_of_words(rows).x, rows)
     assert items[items.test == "structure"].score.eq(0.5).all()  # same words: an exact tie
     assert items[items.test == "swap"].score.eq(0.0).all()  # the swap shares the caption's relation word too
     assert len(items) == 80

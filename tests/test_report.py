@@ -286,3 +286,27 @@ def test_shipped_probe_configs_parse(name, capsys):
     path = Path(__file__).parents[1] / "configs" / "probe" / f"{name}.yaml"
     assert run_fit(["--config", str(path), "--print_config"]) == 0
     assert "feature_root: outputs/features" in capsys.readouterr().out
+
+
+def test_analysis_directory_reports_its_results_and_layer_curves(tmp_path):
+    """An `analyze` out_dir (stats.csv only) gets a report: headline table and the layer curve of an
+    encoder measured at several layers."""
+    from spatial_probing.analysis.stats import stat_row, write_stats
+    from spatial_probing.report.build import write_report
+
+    rows = []
+    for layer, score in (("0", 0.2), ("1", 0.4), ("final", 0.6)):
+        identity = {"dataset": "derived:structure:toy/dev", "entry": "e", "encoder": "sbert:toy@text" + (
+            "" if layer == "final" else f"[{layer}]"), "view": "text", "layer": layer}
+        rows.append(stat_row(identity, "structure", "all", "converse_score", np.full(20, score)))
+    rows.append(stat_row({"dataset": "derived:structure:toy/dev", "encoder": "baseline:bow", "view": "text",
+                          "layer": "final"}, "structure", "all", "converse_score", np.full(20, 0.5)))
+    write_stats(rows, tmp_path / "stats.csv")
+    written = write_report(tmp_path)
+    names = [f.name for f in written.figures]
+    assert "analysis_layers" in names and "structure" in names
+    curve = next(f for f in written.figures if f.name == "analysis_layers")
+    (line,) = [ln for ln in curve.figure.axes[0].get_lines() if ln.get_marker() == "o"]
+    assert list(line.get_ydata()) == [0.2, 0.4, 0.6]  # layers 0, 1, then final
+    html = written.path.read_text()
+    assert "Analysis results (stats.csv)" in html and "0.6000" in html and "Relation x encoder" not in html

@@ -180,3 +180,22 @@ def test_one_class_problem_is_an_error():
     Y[:, 1] = 0
     with pytest.raises(ValueError, match="one class"):
         fit_logreg(X, Y, train, [1.0])
+
+
+def test_preconditioner_keeps_the_diagonal_where_a_scaled_block_lost_definiteness():
+    from types import SimpleNamespace
+
+    from spatial_probing.probes.solver import _Preconditioner
+
+    d, k, P = 6, 3, 2
+    basis = SimpleNamespace(lam=torch.linspace(3.0, 1.0, d, dtype=torch.float64), n_rows=10)
+    D = torch.ones(10, P, dtype=torch.float64)
+    Cq, c, h = torch.ones(P, dtype=torch.float64), torch.zeros(d, P, dtype=torch.float64), torch.ones(P, dtype=torch.float64)
+    lead = torch.eye(k, dtype=torch.float64)[:, :, None].repeat(1, 1, P)
+    lead[0, 0, 1] = -5.0  # problem 1's block is indefinite once scaled (rounding does this to tiny MDL blocks)
+    pre = _Preconditioner(basis, D, Cq, c, h, lead, torch.full((P,), 10.0, dtype=torch.float64))
+    r = torch.ones(d, P, dtype=torch.float64)
+    z = pre(r, torch.arange(P))
+    assert torch.allclose(z[-k:, 1], r[-k:, 1] / pre.diag[-k:, 1])  # the fallback: the diagonal
+    assert torch.allclose(z[-k:, 0], r[-k:, 0] / 2.0)  # block I + 1 * I for the intact problem
+    assert torch.isfinite(z).all()

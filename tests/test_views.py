@@ -223,3 +223,16 @@ def test_bad_layer_numbers_are_refused_before_any_shard(cache: Path, minilm_dir:
     assert main(args) == 2
     assert "text layers [9] do not exist (layers 0..6)" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.partial")) and not list(tmp_path.rglob("meta.json"))
+
+
+def test_one_pass_saving_counts_each_stream_once_per_view_that_reads_it():
+    from spatial_probing.encoders.module import FrozenEncoder
+
+    module = FrozenEncoder("openclip:ViT-B-32/openai", view=["text", "image", "concat"], random_init=True)
+    assert module.one_pass_saving() is None  # no batch encoded yet
+    module.stream_seconds = {"text": 2.0, "image": 10.0}
+    # separate extractions: text (2) + image (10) + concat (2 + 10) = 24 s against 12 s once
+    assert module.one_pass_saving().endswith("one extraction per view would encode for 24.0 s: 12.0 s saved")
+    single = FrozenEncoder("openclip:ViT-B-32/openai", view="text", random_init=True)
+    single.stream_seconds = {"text": 2.0}
+    assert single.one_pass_saving() is None

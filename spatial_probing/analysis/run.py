@@ -22,6 +22,7 @@ from spatial_probing.analysis.features import FeatureIndex
 from spatial_probing.analysis.published import published_table
 from spatial_probing.analysis.stats import write_stats
 from spatial_probing.analysis.truth import Truth
+from spatial_probing.report.build import write_report
 from spatial_probing.io import atomic_write
 
 
@@ -72,4 +73,6 @@ def run_analyze(args: list[str]) -> int:
         print("\npublished (not computed here):")
         print(published.to_string(index=False))
     print("\nwrote " + ", ".join(map(str, written)))
+    if rows:
+        print(f"report: {write_report(out_dir).path}")
     return 0

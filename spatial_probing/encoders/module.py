@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 
 from spatial_probing.encoders.base import Encoder, check_layers
 from spatial_probing.encoders.registry import EncoderSpec, create_encoder, parse_encoder
-from spatial_probing.encoders.views import needed_parts
+from spatial_probing.encoders.views import family_view, needed_parts
 from spatial_probing.errors import EncoderError
 
 
@@ -42,6 +43,8 @@ class FrozenEncoder(pl.LightningModule):
             raise EncoderError(f"--model.layers must be `all` or a list of layer numbers, got {layers}")
         self.layers = layers
         self.encoder: Encoder | None = None
+        #: seconds this process spent encoding each stream (text, image) in predict_step
+        self.stream_seconds: dict[str, float] = {}
 
     @property
     def layers_key(self) -> str:
@@ -73,6 +76,24 @@ class FrozenEncoder(pl.LightningModule):
         streams = [s for s, needed in (("text", encoder.needs_text), ("image", encoder.needs_image)) if needed]
         return needed_parts(self.spec.family, self.spec.views, {s: self.layer_numbers(s) for s in streams})
 
+    def one_pass_saving(self) -> str | None:
+        """What encoding each stream once saved against one extraction per view, from this process's timings.
+
+        A view reads the parts of one or two streams (concat: text and image); separate extractions would
+        encode a stream once for every view that reads it. None for a single view or before any batch.
+        """
+        if len(self.spec.views) < 2 or not self.stream_seconds:
+            return None
+        uses = {stream: 0 for stream in self.stream_seconds}
+        for view in self.spec.views:
+            for stream in family_view(self.spec.family, view).streams:
+                uses[stream] = uses.get(stream, 0) + 1
+        once = sum(self.stream_seconds.values())
+        separate = sum(seconds * uses[stream] for stream, seconds in self.stream_seconds.items())
+        streams = ", ".join(f"{stream} {seconds:.1f} s" for stream, seconds in self.stream_seconds.items())
+        return (f"one pass for views {', '.join(self.spec.views)}: each stream encoded once ({streams}); "
+                f"one extraction per view would encode for {separate:.1f} s: {separate - once:.1f} s saved")
+
     def configure_model(self) -> None:
         self.build()
 
@@ -81,12 +102,14 @@ class FrozenEncoder(pl.LightningModule):
         stream = batch["stream"]
         wanted = self.parts()[stream]
         layers = self.layer_numbers(stream)
+        start = time.perf_counter()
         if stream == "text":
             parts = encoder.text_parts(batch["tokens"], layers)
         elif batch["pixels"].shape[0]:
             parts = encoder.image_parts(batch["pixels"], layers)
         else:  # every image of this batch failed to load
             parts = {}
+        self.stream_seconds[stream] = self.stream_seconds.get(stream, 0.0) + time.perf_counter() - start
         # Results leave the device per batch (as sentence-transformers does), in float32 whatever autocast did.
         return {
             "stream": stream,

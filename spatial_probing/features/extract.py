@@ -6,6 +6,8 @@ One extraction encodes each stream an encoder's views need once and stores every
 
 from __future__ import annotations
 
+import time
+
 import warnings
 
 import lightning.pytorch as pl
@@ -65,6 +67,7 @@ def _extract(trainer: pl.Trainer, model: FrozenEncoder, datamodule: SpatialDataM
     if overwrite:
         store.discard(key)
     print(f"extracting {model.spec} features of {datamodule.rows.name} ({len(datamodule.rows)} rows)", flush=True)
+    start = time.perf_counter()
     datamodule.warn_about_rows()
     encoder = model.build()  # before any shard dir exists: a model that fails to load leaves nothing behind
     if "text" in model.parts():
@@ -100,10 +103,12 @@ def _extract(trainer: pl.Trainer, model: FrozenEncoder, datamodule: SpatialDataM
         trainer.callbacks.append(writer)
         trainer.predict(model, datamodule=datamodule, return_predictions=False)
         entry = writer.entry
+        if entry is not None and (saving := model.one_pass_saving()):
+            print(saving)
     else:  # every shard survived a run killed during its merge: only the merge is left
         entry = store.finalize(key, datamodule.rows, parts, meta)
     if entry is not None:
-        print(f"wrote {entry.describe()}")
+        print(f"wrote {entry.describe()} in {time.perf_counter() - start:.1f} s")
     return entry
 
 

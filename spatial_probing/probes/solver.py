@@ -788,7 +788,12 @@ class _Preconditioner:
             * torch.where(has, Cq * D.sum(0) / lead_dsum.clamp_min(1e-30), 0)[:, None, None]
         )
         S.diagonal(dim1=1, dim2=2).add_(torch.where(has[:, None], 1.0, self.diag[-k:].T))
-        self.chol = torch.linalg.cholesky(S)
+        self.chol, info = torch.linalg.cholesky_ex(S)
+        # A block scaled up a lot (a tiny MDL prefix block against its anchor's curvature) can lose
+        # definiteness in rounding; such a problem keeps the diagonal, a valid if weaker preconditioner.
+        lost = info > 0
+        if lost.any():
+            self.chol[lost] = torch.diag_embed(self.diag[-k:].T[lost].sqrt())
 
     def __call__(self, r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Apply to the residuals ``r [d, len(idx)]`` of problems ``idx``."""

@@ -274,7 +274,8 @@ def meta_categories(run: RunFiles, metric: str = HEADLINE_METRIC) -> ReportFigur
         return None
     categories = [c for c in META_CATEGORIES if c in set(scores["category"])]
     labels = list(pd.unique(scores["label"]))
-    fig = Figure(figsize=(1.3 * len(categories) + 2.5, 4.6), layout="constrained")
+    # the legend sits right of the axes, one probe a line: its width grows with the longest label
+    fig = Figure(figsize=(1.3 * len(categories) + 2.5 + _text_width(labels), 4.6), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / len(labels)
     colours = [f"C{i % 10}" for i in range(len(labels))]
@@ -290,7 +291,9 @@ def meta_categories(run: RunFiles, metric: str = HEADLINE_METRIC) -> ReportFigur
     ax.set_xlabel("VSR meta-category")
     ax.set_ylabel(f"mean {metric_title(metric)} over its relations")
     ax.set_title(f"{metric_title(metric)} per VSR meta-category")
-    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncols=min(3, len(labels) + 1))
+    # a figure legend "outside": constrained layout reserves its room (an axes legend anchored below the
+    # axes collapsed them to zero height in the SVG rendering of long probe labels)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7.5, loc="outside right upper")
     with_ci = not scores["ci_low"].isna().all()
     return ReportFigure("meta_categories", "VSR meta-categories",
                         "Bars are the mean over a category's relations" + (" with bootstrap CIs (stats.csv)." if with_ci
@@ -459,6 +462,36 @@ def layer_curves(run: RunFiles, metric: str = HEADLINE_METRIC) -> ReportFigure |
     return ReportFigure("layers", "Layer curves", "Mean over relations and folds per probed layer.", fig)
 
 
+def stats_layer_curves(run: RunFiles) -> ReportFigure | None:
+    """An analysis metric (stats.csv, target ``all``) against layer, one line per encoder@view and metric
+    measured at several layers, with its CI band."""
+    if run.stats is None:
+        return None
+    rows = run.stats[run.stats["target"].eq("all")]
+    encoder = rows["encoder"].str.replace(r"\[[^\]]*\]$", "", regex=True)  # analysis labels end in [layer]
+    rows = rows.assign(model=encoder + " " + rows["view"] + ": " + rows["task"] + " " + rows["metric"])
+    curves = [(model, part) for model, part in rows.groupby("model", sort=False) if part["layer"].nunique() > 1]
+    if not curves:
+        return None
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for model, part in curves:
+        part = part.set_index("layer").loc[sorted(part["layer"], key=_layer_order)]
+        x = np.arange(len(part))
+        (line,) = ax.plot(x, part["estimate"].to_numpy(), marker="o", label=model)
+        if part["ci_low"].notna().all():
+            ax.fill_between(x, part["ci_low"].to_numpy(), part["ci_high"].to_numpy(), color=line.get_color(), alpha=0.15)
+        ax.set_xticks(x, labels=list(part.index))
+    ax.axhline(0.5, color="0.3", linestyle=":", linewidth=1, label="chance (0.5)")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("estimate (95% CI band)")
+    ax.set_title("Analysis scores against depth")
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7.5, loc="outside lower center", ncols=2)
+    return ReportFigure("analysis_layers", "Analysis layer curves",
+                        "stats.csv rows (target 'all') of every encoder measured at several layers.", fig)
+
+
 def report_figures(run: RunFiles, reference: str | None = None, metric: str = HEADLINE_METRIC) -> list[ReportFigure]:
     """Every figure the run has data for, in report order."""
     makers: list[Callable[[], ReportFigure | None]] = [
@@ -472,5 +505,6 @@ def report_figures(run: RunFiles, reference: str | None = None, metric: str = HE
         *[lambda task=task: stats_task(run, task) for task in STATS_TASKS],
         lambda: rsa(run),
         lambda: layer_curves(run, metric),
+        lambda: stats_layer_curves(run),
     ]
     return [figure for make in makers if (figure := make()) is not None]

@@ -84,6 +84,19 @@ def _summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _analysis_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """stats.csv's headline rows (target ``all``, RSA pairs) as ``estimate [ci_low, ci_high]`` cells."""
+    rows = stats[stats["target"].eq("all") | stats["task"].eq("rsa")]
+    ci = rows.apply(lambda r: "" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:.4f}, {r['ci_high']:.4f}]", axis=1)
+    cells = rows["estimate"].map("{:.4f}".format) + ci
+    rsa_target = rows["target"].where(rows["task"].eq("rsa"), "")
+    table = rows.assign(cell=cells, what=(rows["task"] + " " + rows["metric"] + " " + rsa_target).str.strip())
+    out = table.pivot_table(index="label", columns=["dataset", "what"], values="cell", aggfunc="first", sort=False)
+    out.index.name = "encoder"
+    out.columns = [f"{d}: {w}" for d, w in out.columns]
+    return out.fillna("")
+
+
 def meta_category_table(df: pd.DataFrame, metric: str = HEADLINE_METRIC) -> pd.DataFrame:
     """Mean over the relations of each VSR meta-category of the fold-mean ``metric``, per probe."""
     from spatial_probing.data.relations import meta_category
@@ -146,13 +159,16 @@ def render_report(run: RunFiles, figures: list[ReportFigure]) -> str:
     df = run.results.drop(columns="label")
     sections = [_section("Run", *_provenance(run))]
     sections.append(_section("Figures", *(_figure(f) for f in figures)))
-    sections += [
-        _section(
-            f"Relation x encoder: fold-mean {HEADLINE_METRIC}",
-            _table(comparison_table(df), heat=True, mean_row="MEAN"),
-        ),
-        _section("Summary per encoder (mean \u00b1 std over folds)", _table(_summary_table(df))),
-    ]
+    if not df.empty:
+        sections += [
+            _section(
+                f"Relation x encoder: fold-mean {HEADLINE_METRIC}",
+                _table(comparison_table(df), heat=True, mean_row="MEAN"),
+            ),
+            _section("Summary per encoder (mean \u00b1 std over folds)", _table(_summary_table(df))),
+        ]
+    if run.stats is not None and df.empty:  # an `analyze` directory: its headline rows
+        sections.append(_section("Analysis results (stats.csv)", _table(_analysis_table(run.stats))))
     if run.fits is not None:
         fits = run.fits.set_index(run.fits["encoder"].map(short_encoder).rename("encoder"))
         solver_rows = fits[[c for c in _SOLVER_COLUMNS if c in fits]]

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from spatial_probing.errors import SpatialProbingError
-from spatial_probing.report.tables import IDENTITY_COLUMNS, entry_labels, probe_labels
+from spatial_probing.report.tables import IDENTITY_COLUMNS, entry_labels, probe_labels, results_frame
 
 # text even when every cell is empty (an unset precision) or looks like a number (layer "3")
 _TEXT_COLUMNS = (*IDENTITY_COLUMNS, "target", "metric", "solver", "label_a", "label_b", "method", "level", "warning")
@@ -62,12 +62,17 @@ def _entry_meta(fits: pd.DataFrame | None, directory: Path) -> list[dict[str, An
 
 
 def load_run(directory: str | Path) -> RunFiles:
-    """Read ``results.csv`` (required) and whatever else a fit wrote into ``directory``."""
+    """Read ``results.csv`` and whatever else a fit wrote into ``directory``; an ``analyze`` output
+    directory has stats.csv only (its results table is empty)."""
     directory = Path(directory)
     results_path = directory / "results.csv"
-    if not results_path.is_file():
-        raise SpatialProbingError(f"no results.csv in {directory}: pass the --out_dir of a `spatial-probing fit`")
-    results = _read(results_path)
+    if results_path.is_file():
+        results = _read(results_path)
+    elif (directory / "stats.csv").is_file():
+        results = results_frame([])
+    else:
+        raise SpatialProbingError(f"no results.csv or stats.csv in {directory}: pass the --out_dir of a "
+                                  "`spatial-probing fit` or `spatial-probing analyze`")
     results = results.assign(label=probe_labels(results))
     stats = _read_optional(directory / "stats.csv")
     fits = _read_optional(directory / "fits.csv")

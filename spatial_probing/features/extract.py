@@ -7,7 +7,6 @@ One extraction encodes each stream an encoder's views need once and stores every
 from __future__ import annotations
 
 import time
-
 import warnings
 
 import lightning.pytorch as pl

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from spatial_probing.io import atomic_path
+from spatial_probing.probes.stats import percentile_interval
 
 STATS_COLUMNS = ("dataset", "entry", "encoder", "view", "layer", "task", "target", "metric", "estimate",
                  "ci_low", "ci_high", "level", "method")
@@ -31,8 +32,7 @@ def bootstrap_mean(scores: np.ndarray, seed: int = 0, n_boot: int = N_BOOT, leve
     for start in range(0, n_boot, 100):  # blocks of resamples keep memory at 100 x n
         stop = min(n_boot, start + 100)
         means[start:stop] = scores[rng.integers(0, scores.size, size=(stop - start, scores.size))].mean(axis=1)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
+    low, high = percentile_interval(means, level)
     return float(scores.mean()), float(low), float(high)
 
 

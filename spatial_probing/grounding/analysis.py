@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from spatial_probing.data.rows import SpatialRows
+from spatial_probing.probes.stats import percentile_interval
 
 KINDS = ("caption", "converse", "contradiction", "swap")
 TESTS = {"structure": "contradiction", "swap": "swap"}
@@ -58,16 +59,15 @@ def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -
 
 def interval(values: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float, float]:
     """Estimate (mean over seeds and items) and the percentile bootstrap interval."""
-    boots = bootstrap_means(values, n_boot, np.random.default_rng(seed))
-    alpha = (1 - level) / 2
-    return float(values.mean()), float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))
+    low, high = percentile_interval(bootstrap_means(values, n_boot, np.random.default_rng(seed)), level)
+    return float(values.mean()), float(low), float(high)
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int, level: float, seed: int
                       ) -> tuple[float, float, float, float]:
     """Mean of a - b (both [seeds, items], paired), its bootstrap interval and two-sided p-value."""
     boots = bootstrap_means(a - b, n_boot, np.random.default_rng(seed))
-    alpha = (1 - level) / 2
     tail = min((boots <= 0).mean(), (boots >= 0).mean())
     p = 1.0 if np.allclose(a, b) else min(1.0, max(2 * tail, 1 / n_boot))
-    return float((a - b).mean()), float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha)), p
+    low, high = percentile_interval(boots, level)
+    return float((a - b).mean()), float(low), float(high), p

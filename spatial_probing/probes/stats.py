@@ -168,9 +168,11 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _interval(draws: torch.Tensor, level: float) -> tuple[np.ndarray, np.ndarray]:
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-    lo, hi = torch.quantile(draws.double(), q, dim=0).numpy()
+def percentile_interval(draws: torch.Tensor | np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile bootstrap interval at ``level`` of ``draws`` (one resample per row, axis 0): the one
+    interval step of every bootstrap in the project (probes, analyses, the grounding study)."""
+    draws = draws.double().numpy() if isinstance(draws, torch.Tensor) else np.asarray(draws, dtype=np.float64)
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
     return lo, hi
 
 
@@ -251,7 +253,7 @@ def stats_table(outputs: list[SetOutputs], options: StatsOptions) -> pd.DataFram
         for metric in METRICS:
             names, e = _with_aggregates(out.targets, y_task, est[metric][None], options)
             _, d = _with_aggregates(out.targets, y_task, draws[metric], options)
-            lo, hi = _interval(d, options.level)
+            lo, hi = percentile_interval(d, options.level)
             frames.append(_frame(_identity(out.info), metric, names, e[0].numpy(), lo, hi, options.level, boot.method))
         if out.task.endswith(CONTROL_SUFFIX):
             base = by_key.get((out.info["dataset"], out.info["entry"], out.task[: -len(CONTROL_SUFFIX)]))
@@ -268,7 +270,7 @@ def _selectivity(boot: Bootstrap, base: SetOutputs, control: SetOutputs, options
     for metric in METRICS:
         names, e = _with_aggregates(base.targets, y_task, (est_t[metric] - est_c[metric])[None], options)
         _, d = _with_aggregates(base.targets, y_task, draws_t[metric] - draws_c[metric], options)
-        lo, hi = _interval(d, options.level)
+        lo, hi = percentile_interval(d, options.level)
         frames.append(_frame(_identity(base.info), f"selectivity_{metric}", names, e[0].numpy(), lo, hi,
                              options.level, "task - control; " + boot.method))
     return frames
@@ -300,7 +302,7 @@ def paired_test(a: SetOutputs, b: SetOutputs, options: StatsOptions) -> pd.DataF
     perm = torch.cat([perm, perm.mean(1, keepdim=True)], dim=1)
     tie = 1e-12  # differences equal up to rounding count as "at least as extreme"
     p = ((1 + (perm.abs() >= observed.abs() - tie).sum(0)) / (1 + options.permutations)).numpy()
-    lo, hi = _interval(boot, options.level)
+    lo, hi = percentile_interval(boot, options.level)
     p_holm = np.append(holm(p[:T]), np.nan)  # the mean is one test of its own, outside the family
     significant = np.append(p_holm[:T] < options.alpha, p[T] < options.alpha)
     method = (f"paired permutation (P={options.permutations}, unit={options.unit}, seed={options.seed}); "

@@ -30,3 +30,13 @@ def test_open_clip_random_init_notice_is_dropped_other_warnings_stay(caplog):
         logging.warning("No pretrained weights loaded for model 'ViT-B-32'. Model initialized randomly.")
         logging.warning("Pretrained weights (x.pt) not found for model ViT-B-32.")
     assert [r.getMessage() for r in caplog.records] == ["Pretrained weights (x.pt) not found for model ViT-B-32."]
+
+
+def test_loading_a_local_model_draws_no_weight_bar_and_restores_bars(capfd, minilm_dir):
+    from transformers.utils import logging as hf_logging
+
+    from spatial_probing.encoders.registry import create_encoder
+
+    create_encoder(f"sbert:{minilm_dir}")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # hub downloads keep their bars

@@ -205,12 +205,31 @@ def resolve_model_dir(spec: EncoderSpec, required: Sequence[tuple[str, ...]]) ->
     return str(path.resolve())
 
 
+@contextmanager
+def _without_loading_bar(local: bool) -> Iterator[None]:
+    """transformers draws a "Loading weights" bar on every load; from a local directory it takes a moment
+    and tells nothing, so it is off there (a hub download keeps its progress bars)."""
+    if not local:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_or_explain(load: Callable[[], T], spec: EncoderSpec, source: str, offline_fix: str) -> T:
     """Run a library loader; turn its failure into one EncoderError that says how to supply weights offline."""
     from safetensors import SafetensorError  # a truncated or damaged .safetensors file
 
     try:
-        return load()
+        with _without_loading_bar(Path(source).exists()):
+            return load()
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if Path(source).exists():

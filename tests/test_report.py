@@ -174,7 +174,7 @@ def test_report_embeds_every_figure_and_writes_png_and_svg(tmp_path, capsys):
 
 def test_report_of_a_directory_without_results_says_so(tmp_path, capsys):
     assert main(["report", "--results", str(tmp_path)]) == 2
-    assert f"no results.csv in {tmp_path}" in capsys.readouterr().err
+    assert f"no results.csv or stats.csv in {tmp_path}" in capsys.readouterr().err
 
 
 # -- end to end through the fit CLI ------------------------------------------------------------
@@ -310,3 +310,23 @@ def test_analysis_directory_reports_its_results_and_layer_curves(tmp_path):
     assert list(line.get_ydata()) == [0.2, 0.4, 0.6]  # layers 0, 1, then final
     html = written.path.read_text()
     assert "Analysis results (stats.csv)" in html and "0.6000" in html and "Relation x encoder" not in html
+
+
+def test_several_results_directories_sit_side_by_side_never_pooled(tmp_path):
+    """The same encoder in two runs (e.g. the original protocol and the credibility run) gives two columns
+    named by run, even with the same solver; one --out is required."""
+    from spatial_probing.errors import SpatialProbingError
+    from spatial_probing.report.build import write_report
+
+    df = _frame()
+    for name, shift in (("original", 0.0), ("credibility", 0.1)):
+        (tmp_path / name).mkdir()
+        df.assign(value=df["value"] + shift).to_csv(tmp_path / name / "results.csv", index=False)
+    written = write_report([tmp_path / "original", tmp_path / "credibility"], tmp_path / "both")
+    table = comparison_table(written.run.results)
+    assert list(table.columns) == [f"{run}: {enc}" for run in ("original", "credibility")
+                                   for enc in ("sbert:all-mpnet-base-v2@text", "openclip:ViT-B-32/openai@image")]
+    np.testing.assert_allclose(table.loc["MEAN"].to_numpy(), [0.65, 0.35, 0.75, 0.45])
+    assert "credibility: sbert:all-mpnet-base-v2@text" in written.path.read_text()
+    with pytest.raises(SpatialProbingError, match="needs --out"):
+        write_report([tmp_path / "original", tmp_path / "credibility"])

@@ -1,6 +1,7 @@
 """``spatial-probing report``: the HTML report and figure files of a results directory.
 
     spatial-probing report --results outputs/probe/demo [--out DIR] [--reference sbert:all-mpnet-base-v2@text]
+    spatial-probing report --results outputs/probe/original outputs/probe/credibility --out DIR   # side by side
 
 Writes ``DIR/report.html`` (self-contained: figures embedded, viewable offline) and every figure as
 ``DIR/figures/<name>.png`` and ``.svg``. ``fit`` calls `write_report` on its own output directory.
@@ -12,10 +13,11 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from spatial_probing.errors import SpatialProbingError
 from spatial_probing.io import atomic_write
 from spatial_probing.report.figures import ReportFigure, report_figures
 from spatial_probing.report.html import render_report
-from spatial_probing.report.run_files import RunFiles, load_run
+from spatial_probing.report.run_files import RunFiles, load_runs
 
 
 @dataclass
@@ -28,18 +30,22 @@ class WrittenReport:
     run: RunFiles
 
 
-def write_report(results: str | Path, out: str | Path | None = None, reference: str | None = None) -> WrittenReport:
-    """Write the report of the results directory ``results`` into ``out`` (default: ``results`` itself).
+def write_report(results: str | Path | list[str | Path], out: str | Path | None = None,
+                 reference: str | None = None) -> WrittenReport:
+    """Write the report of the results directory ``results`` (or of several, side by side) into ``out``.
 
     Args:
         results: a ``fit`` output directory (results.csv, and stats.csv, comparisons.csv, fits.csv,
-            config.yaml when present).
-        out: where report.html and figures/ go.
+            config.yaml when present), an ``analyze`` one (stats.csv), or a list of them.
+        out: where report.html and figures/ go (default: the only ``results`` directory; required for several).
         reference: the probe the scatter and gain figures compare against (a label or its prefix);
             default the first SBERT probe.
     """
-    run = load_run(results)
-    out_dir = Path(out) if out is not None else Path(results)
+    directories = [results] if isinstance(results, str | Path) else list(results)
+    if out is None and len(directories) > 1:
+        raise SpatialProbingError("a report of several results directories needs --out DIR")
+    run = load_runs(directories)
+    out_dir = Path(out) if out is not None else Path(directories[0])
     figures = report_figures(run, reference)
     files = []
     for figure in figures:
@@ -52,8 +58,10 @@ def write_report(results: str | Path, out: str | Path | None = None, reference: 
 def main(args: list[str]) -> int:
     """Parse the ``report`` subcommand's options, write the report and print its path."""
     parser = argparse.ArgumentParser(prog="spatial-probing report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", required=True, help="A `spatial-probing fit` output directory.")
-    parser.add_argument("--out", default=None, help="Directory for report.html and figures/ (default: --results).")
+    parser.add_argument("--results", required=True, nargs="+",
+                        help="`spatial-probing fit` or `analyze` output directories (several: side by side).")
+    parser.add_argument("--out", default=None,
+                        help="Directory for report.html and figures/ (default: the one --results directory).")
     parser.add_argument("--reference", default=None,
                         help="Probe label (or prefix) the other probes are compared with; default the first sbert one.")
     options = parser.parse_args(args)

@@ -156,7 +156,7 @@ def render_report(run: RunFiles, figures: list[ReportFigure]) -> str:
     ``run.fits`` (fits.csv) has one row per probe set (``LinearProbe.fit_info``: encoder, view, n_rows,
     n_excluded, solver, tol, max_iter, n_converged, n_problems ...).
     """
-    df = run.results.drop(columns="label")
+    df = run.results
     sections = [_section("Run", *_provenance(run))]
     sections.append(_section("Figures", *(_figure(f) for f in figures)))
     if not df.empty:

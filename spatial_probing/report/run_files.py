@@ -86,3 +86,29 @@ def load_run(directory: str | Path) -> RunFiles:
         config_text=config.read_text(encoding="utf-8") if config.is_file() else None,
         entries=_entry_meta(fits, directory),
     )
+
+
+def load_runs(directories: list[str | Path]) -> RunFiles:
+    """One `RunFiles` of several results directories side by side (e.g. the original protocol beside the
+    credibility run, or a fit beside an analysis): tables stacked, each probe labelled
+    ``<directory name>: <its label in its own run>`` so runs never pool."""
+    runs = [load_run(d) for d in directories]
+    if len(runs) == 1:
+        return runs[0]
+
+    def stacked(name: str) -> pd.DataFrame | None:
+        frames = [getattr(r, name).assign(label=lambda f, r=r: f"{r.directory.name}: " + f["label"])
+                  if name in ("results", "stats") else getattr(r, name)
+                  for r in runs if getattr(r, name) is not None]
+        return pd.concat(frames, ignore_index=True) if frames else None
+
+    configs = [f"# {r.directory}\n{r.config_text}" for r in runs if r.config_text]
+    return RunFiles(
+        directory=Path(runs[0].directory),
+        results=stacked("results"),
+        stats=stacked("stats"),
+        comparisons=stacked("comparisons"),
+        fits=stacked("fits"),
+        config_text="\n".join(configs) or None,
+        entries=[m for r in runs for m in r.entries],
+    )

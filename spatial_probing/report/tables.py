@@ -80,12 +80,19 @@ def probe_labels(df: pd.DataFrame) -> pd.Series:
     return label
 
 
+def _labels(df: pd.DataFrame) -> pd.Series:
+    """The probe label of each row: a report's own ``label`` column (several runs side by side), else
+    `probe_labels`."""
+    return df["label"] if "label" in df else probe_labels(df)
+
+
 def comparison_table(df: pd.DataFrame, metric: str = HEADLINE_METRIC) -> pd.DataFrame:
     """Target x probe table of the fold-mean ``metric`` with a final MEAN row (the first study's layout).
 
     Targets keep the order they first appear in ``df`` (the task's order: most frequent relation first).
     """
-    rows = df[df["metric"] == metric].assign(probe=lambda d: probe_labels(d))
+    rows = df[df["metric"] == metric]
+    rows = rows.assign(probe=_labels(rows))
     table = rows.pivot_table(index="target", columns="probe", values="value", aggfunc="mean", sort=False)
     table = table.reindex(index=pd.unique(rows["target"]), columns=pd.unique(rows["probe"]))
     table.loc["MEAN"] = table.mean(axis=0)
@@ -100,7 +107,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     The std is over folds (population std, ddof=0) of each fold's mean over targets, the spread the
     first study reported as "0.7097 +- 0.001".
     """
-    labelled = df.assign(probe=probe_labels(df))
+    labelled = df.assign(probe=_labels(df))
     per_fold = labelled.groupby(["probe", *PROBE_KEYS, "metric", "fold"], sort=False)["value"].mean()
     grouped = per_fold.groupby(level=["probe", *PROBE_KEYS, "metric"], sort=False)
     out = pd.DataFrame({"mean": grouped.mean(), "std": grouped.agg(lambda v: float(np.std(v, ddof=0)))})

@@ -24,7 +24,9 @@ from spatial_probing.report.tables import HEADLINE_METRIC
 
 RELATION_TASK = "relation_type"
 #: Score of a guess that ignores the input, per metric (a prior-matching coin: both classes' F1 average 0.5).
-CHANCE = {"f1_macro": 0.5, "balanced_accuracy": 0.5, "roc_auc": 0.5}
+CHANCE = {"f1_macro": 0.5, "balanced_accuracy": 0.5, "roc_auc": 0.5,
+          # structure tests: a coin flip between two captions (the bag of words ties at exactly 0.5 on converse)
+          "converse_score": 0.5, "swap_score": 0.5, "pair_probe_accuracy": 0.5}
 METRIC_TITLES = {"f1_macro": "macro-F1", "f1_pos": "F1 (positive class)", "accuracy": "accuracy",
                  "balanced_accuracy": "balanced accuracy"}  # fmt: skip
 #: Analyses that are rows of stats.csv only (SCHEMA.md), each drawn as bars per entry and metric.
@@ -319,8 +321,10 @@ def _bars(ax, table: pd.DataFrame, metric: str | None) -> None:
     err = np.vstack([table["estimate"] - table["ci_low"], table["ci_high"] - table["estimate"]])
     ax.barh(pos, table["estimate"], color=[_colour(lab) for lab in table.index],
             xerr=None if np.isnan(err).all() else err, capsize=2)  # fmt: skip
-    for p, value in zip(pos, table["estimate"], strict=True):
-        ax.text(value, p, f" {value:.3f}", va="center", fontsize=7.5)
+    # each value written right of its bar's CI, so the error bar never runs through it
+    ends = table["ci_high"].where(table["ci_high"].notna(), table["estimate"])
+    for p, value, end in zip(pos, table["estimate"], ends, strict=True):
+        ax.text(max(value, end), p, f" {value:.3f}", va="center", fontsize=7.5)
     ax.set_yticks(pos, labels=table.index, fontsize=8.5)
     if metric is not None:
         _chance_line(ax, metric)
@@ -341,7 +345,7 @@ def baselines_and_controls(run: RunFiles, metric: str = HEADLINE_METRIC) -> Repo
     (probe minus control task) beside it when stats.csv has it."""
     means = _means(run, RELATION_TASK, metric)
     labels = list(means.index)
-    if not any(kind(lab) != "encoder" for lab in labels) and run.stats is None:
+    if means.empty or (not any(kind(lab) != "encoder" for lab in labels) and run.stats is None):
         return None
     means = means.reindex(_grouped(labels))
     selectivity = None
@@ -387,7 +391,8 @@ def stats_task(run: RunFiles, task: str) -> ReportFigure | None:
     """Bars per probe of each metric stats.csv holds for a non-probe analysis (structure, zero-shot ...)."""
     if run.stats is None:
         return None
-    rows = run.stats[(run.stats["task"] == task) & (run.stats["target"] == "mean")]
+    # the headline row: a probe's "mean" over targets, an analysis's "all" items
+    rows = run.stats[(run.stats["task"] == task) & run.stats["target"].isin(["mean", "all"])]
     if rows.empty:
         rows = run.stats[run.stats["task"] == task].groupby(["label", "metric"], sort=False)[
             ["estimate", "ci_low", "ci_high"]].mean().reset_index()
@@ -397,7 +402,10 @@ def stats_task(run: RunFiles, task: str) -> ReportFigure | None:
     labels = list(pd.unique(rows["label"]))
     fig = Figure(figsize=(_text_width(labels) + 3.8 * len(metrics), 0.42 * len(labels) + 1.5), layout="constrained")
     for ax, metric in zip(fig.subplots(1, len(metrics), squeeze=False).ravel(), metrics, strict=True):
-        _bars(ax, rows[rows["metric"] == metric].set_index("label")[["estimate", "ci_low", "ci_high"]], metric)
+        table = rows[rows["metric"] == metric].set_index("label")[["estimate", "ci_low", "ci_high"]]
+        _bars(ax, table, metric)
+        if table["estimate"].between(0, 1).all():  # shares and accuracies on one absolute scale
+            ax.set_xlim(0, 1.12)
         ax.set_xlabel(metric_title(metric))
         ax.set_title(metric, fontsize=9)
     return ReportFigure(task, STATS_TASKS.get(task, task), f"stats.csv rows of task {task!r} (mean target).", fig)

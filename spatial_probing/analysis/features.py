@@ -133,6 +133,12 @@ def entry_label(meta: dict) -> str:
     return short_encoder(f"{meta['encoder']}@{meta['view']}") + ("" if layer == "final" else f"[{layer}]")
 
 
+def _depth_order(label: str) -> tuple[str, int]:
+    """Sort key: the label without ``[layer]``, then the layer number (the final layer, unbracketed, last)."""
+    base, _, layer = label.partition("[")
+    return (base, int(layer.rstrip("]")) if layer else 10**6)
+
+
 class FeatureIndex:
     """Every (view, layer) feature set of the complete cache entries under ``feature_root`` by (dataset name,
     label), optionally kept to ``encoders``."""
@@ -158,8 +164,8 @@ class FeatureIndex:
         self._loaded: dict[tuple[str, str], Features] = {}
 
     def labels(self, dataset: str) -> list[str]:
-        """Labels of the entries of ``dataset``, sorted."""
-        return sorted(label for ds, label in self.paths if ds == dataset)
+        """Labels of the entries of ``dataset``, sorted (an encoder's layers in depth order: 2 before 10)."""
+        return sorted((label for ds, label in self.paths if ds == dataset), key=_depth_order)
 
     def get(self, dataset: str, label: str) -> Features:
         key = (dataset, label)

@@ -477,7 +477,8 @@ def stats_layer_curves(run: RunFiles) -> ReportFigure | None:
         return None
     rows = run.stats[run.stats["target"].eq("all")]
     encoder = rows["encoder"].str.replace(r"\[[^\]]*\]$", "", regex=True)  # analysis labels end in [layer]
-    rows = rows.assign(model=encoder + " " + rows["view"] + ": " + rows["task"] + " " + rows["metric"])
+    named = [e if e.endswith(f"@{v}") else f"{e}@{v}" for e, v in zip(encoder, rows["view"], strict=True)]
+    rows = rows.assign(model=pd.Series(named, index=rows.index) + ": " + rows["task"] + " " + rows["metric"])
     curves = [(model, part) for model, part in rows.groupby("model", sort=False) if part["layer"].nunique() > 1]
     if not curves:
         return None

@@ -199,3 +199,17 @@ def test_preconditioner_keeps_the_diagonal_where_a_scaled_block_lost_definitenes
     assert torch.allclose(z[-k:, 1], r[-k:, 1] / pre.diag[-k:, 1])  # the fallback: the diagonal
     assert torch.allclose(z[-k:, 0], r[-k:, 0] / 2.0)  # block I + 1 * I for the intact problem
     assert torch.isfinite(z).all()
+
+
+def test_badly_conditioned_problem_gets_longer_cg_runs_and_few_newton_steps():
+    """Large C on duplicated, nearly separable sparse rows (like the masked n-gram baseline): six CG
+    iterations per Newton step crawl (123 steps here); longer runs after the third step take 15."""
+    rng = np.random.default_rng(0)
+    base = (rng.random((300, 80)) < 0.08).astype(np.float32)
+    X = base[rng.integers(0, 300, 1200)]
+    y = ((X @ rng.standard_normal(80) + 0.3 * rng.standard_normal(1200)) > 0.5).astype(np.int8)[:, None]
+    X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    fit = fit_logreg(X, y, np.ones((1, 1200, 1), bool), [1e4], tol=1e-6, max_iter=200, class_weight="balanced")
+    assert bool(fit.converged.all()) and int(fit.n_iter.max()) <= 20
+    ref = LogisticRegression(C=1e4, tol=1e-10, max_iter=100000, class_weight="balanced").fit(X, y[:, 0])
+    np.testing.assert_allclose(fit.W[0, 0, 0].numpy(), ref.coef_[0], rtol=1e-3, atol=1e-2 * np.abs(ref.coef_).max())

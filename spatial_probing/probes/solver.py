@@ -717,14 +717,18 @@ def _orig_grad_max(basis: _Basis, gw: torch.Tensor, gb: torch.Tensor) -> torch.T
     return torch.maximum(g.abs().amax(0), gb.abs())
 
 
-def _pcg(basis: _Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6):
+def _pcg(basis: _Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow: int = 24, slow_after: int = 3):
     """Per-problem preconditioned CG on the Newton system with the intercept eliminated.
 
     The Hessian is ``[[A, c], [c^T, h]]`` with ``A = I + C Z^T D Z``, ``c = C Z^T D 1`` and
     ``h = C sum(D)``; CG runs on the Schur complement ``A - c c^T / h`` with its vectors in Z's
     dtype and its products at HVP precision (`_Basis.hz`), and the intercept step follows
     exactly. Problems whose residual is small enough drop out of the GEMMs (a few slow problems
-    would otherwise keep every column iterating). Returns the float64 step and ``Z s_w + s_b``,
+    would otherwise keep every column iterating). A problem gets ``cg_max`` iterations per Newton
+    step, ``cg_slow`` once it has taken ``slow_after`` steps: a problem still going by then is badly
+    conditioned (large C on nearly separable, duplicated rows such as the masked n-gram baseline),
+    where short CG runs give poor directions and Newton crawls (60+ steps at C = 1e4 with 6 iterations,
+    12 with 24). Returns the float64 step and ``Z s_w + s_b``,
     accumulated from CG's products (so it costs no GEMM) when they are in Z's precision, else
     None (bfloat16 products would put their rounding into the margins).
     """
@@ -742,7 +746,8 @@ def _pcg(basis: _Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6):
     z = precond(ra, idx)
     p = z
     rz = (ra * z).sum(0)
-    for _ in range(cg_max):
+    budget = torch.where(state.steps >= slow_after, cg_slow, cg_max)
+    for it in range(int(budget.max())):
         q = basis.hz(p)
         Sp = p + Ca * basis.htz(Da * q) - ca * ((ca * p).sum(0) / ha)
         alpha = rz / (p * Sp).sum(0)
@@ -751,7 +756,7 @@ def _pcg(basis: _Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6):
             zx.index_add_(1, idx, alpha * q)
         ra = ra - alpha * Sp
         r[:, idx] = ra
-        going = torch.sqrt((ra * ra).sum(0)) > target[idx]
+        going = (torch.sqrt((ra * ra).sum(0)) > target[idx]) & (budget[idx] > it + 1)
         if not bool(going.all()):
             if not bool(going.any()):
                 break

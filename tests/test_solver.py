@@ -213,3 +213,20 @@ def test_badly_conditioned_problem_gets_longer_cg_runs_and_few_newton_steps():
     assert bool(fit.converged.all()) and int(fit.n_iter.max()) <= 20
     ref = LogisticRegression(C=1e4, tol=1e-10, max_iter=100000, class_weight="balanced").fit(X, y[:, 0])
     np.testing.assert_allclose(fit.W[0, 0, 0].numpy(), ref.coef_[0], rtol=1e-3, atol=1e-2 * np.abs(ref.coef_).max())
+
+
+def test_directions_the_rows_do_not_vary_in_are_dropped_and_the_answer_is_unchanged():
+    """Identical columns (n-grams that always occur together) leave null directions: solved without them,
+    the weights still match scikit-learn's (which splits the weight equally over identical columns)."""
+    from spatial_probing.probes.solver import _Basis
+
+    rng = np.random.default_rng(1)
+    core = (rng.random((400, 12)) < 0.3).astype(np.float64)
+    X = np.concatenate([core, core[:, :3], np.ones((400, 1))], axis=1)  # 3 duplicated columns, 1 constant
+    y = ((core @ rng.standard_normal(12)) > 0.2).astype(np.int8)[:, None]
+    basis = _Basis.build(X, torch.ones(400, dtype=torch.bool), torch.float64)
+    assert basis.Z.shape[1] == 12 and basis.V.shape == (16, 12)
+    fit = fit_logreg(X, y, np.ones((1, 400, 1), bool), [10.0], tol=1e-10)
+    ref = LogisticRegression(C=10.0, tol=1e-12, max_iter=10000).fit(X, y[:, 0])
+    np.testing.assert_allclose(fit.W[0, 0, 0].numpy(), ref.coef_[0], atol=1e-6)
+    np.testing.assert_allclose(fit.b[0, 0, 0].item(), ref.intercept_[0], atol=1e-6)

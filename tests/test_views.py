@@ -77,6 +77,7 @@ def _transformers_study_variants(model_dir: Path, captions: list[str], images: l
 
     with seeded():  # the same seeded random weights the registry's random-init gives
         model = CLIPModel(CLIPConfig.from_pretrained(model_dir)).eval()
+    # padded to the full context as the study did; the extraction pads to the longest caption only
     tokens = CLIPTokenizer.from_pretrained(model_dir)(captions, padding="max_length", max_length=77,
                                                     truncation=True, return_tensors="pt")
     pixels = CLIPImageProcessor.from_pretrained(model_dir)(images=images, return_tensors="pt")["pixel_values"]

@@ -5,7 +5,7 @@ STAMP := .make/installed
 FEATURES ?= outputs/features
 # the full study: hub ids by default; pass local copies when offline, e.g.
 #   make reproduce VSR=../shared/vsr/random SBERT=sbert:$$HOME/.cache/spatial_probing/models/all-mpnet-base-v2 \
-#     CLIP=hf-clip:$(CLIP_SETUP)+random-init CLIP_ARGS="--data.image_retries 0"
+#     CLIP=hf-clip:$(CLIP_SETUP)+random-init CLIP_ARGS="--data.image_retries 0 --data.image_fail_fast 0"
 # (without COCO images, IMAGES=DIR, every image fails fast and only the text views have rows to probe)
 # CLIP is the transformers CLIP whose text-pooled / image / concat views are the first study's variants;
 # hf-clip:$(CLIP_SETUP) (config, tokenizer, image processor, no weights) is written offline when named.

@@ -234,6 +234,8 @@ def test_one_pass_saving_counts_each_stream_once_per_view_that_reads_it():
     module.stream_seconds = {"text": 2.0, "image": 10.0}
     # separate extractions: text (2) + image (10) + concat (2 + 10) = 24 s against 12 s once
     assert module.one_pass_saving().endswith("one extraction per view would encode for 24.0 s: 12.0 s saved")
+    module.stream_seconds = {"text": 2.0, "image": 0.0}  # every image failed: nothing to compare
+    assert module.one_pass_saving() is None
     single = FrozenEncoder("openclip:ViT-B-32/openai", view="text", random_init=True)
     single.stream_seconds = {"text": 2.0}
     assert single.one_pass_saving() is None

@@ -82,8 +82,8 @@ class FrozenEncoder(pl.LightningModule):
         A view reads the parts of one or two streams (concat: text and image); separate extractions would
         encode a stream once for every view that reads it. None for a single view or before any batch.
         """
-        if len(self.spec.views) < 2 or not self.stream_seconds:
-            return None
+        if len(self.spec.views) < 2 or not self.stream_seconds or not all(self.stream_seconds.values()):
+            return None  # one view, no batch yet, or a stream that encoded nothing (every image failed)
         uses = {stream: 0 for stream in self.stream_seconds}
         for view in self.spec.views:
             for stream in family_view(self.spec.family, view).streams:

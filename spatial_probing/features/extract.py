@@ -102,7 +102,7 @@ def _extract(trainer: pl.Trainer, model: FrozenEncoder, datamodule: SpatialDataM
         trainer.callbacks.append(writer)
         trainer.predict(model, datamodule=datamodule, return_predictions=False)
         entry = writer.entry
-        if entry is not None and (saving := model.one_pass_saving()):
+        if entry is not None and not done and (saving := model.one_pass_saving()):  # timings of a whole run only
             print(saving)
     else:  # every shard survived a run killed during its merge: only the merge is left
         entry = store.finalize(key, datamodule.rows, parts, meta)

@@ -22,32 +22,28 @@ serial loop (0.7097) and a 7-value C grid with nested inner-CV selection, and LA
 Every solver is run once untimed on a small slice first, so one-off start-up (thread pools,
 joblib's worker processes, first-call dispatch) is not charged to whichever runs first, and then
 ``--repeats`` times (default 3) on the full problem set: the best time of each set-up counts.
+OpenMP keeps its default wait policy: scikit-learn's workers run one BLAS thread each, so a passive
+policy would only slow the batched solver's multithreaded products.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import time
+from collections import Counter
+from pathlib import Path
 
-# Spinning OpenMP workers (the default wait policy) stall for whole scheduler quanta when other
-# processes hold the cores, which on a shared 2-core machine can cost the solver 5x. Must be set
-# before torch and scikit-learn load their OpenMP runtimes; applies to both solvers alike.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from spatial_probing.features.store import load_entry  # noqa: E402
-from spatial_probing.probes.folds import fold_masks, target_folds  # noqa: E402
-from spatial_probing.probes.metrics import fit_metrics  # noqa: E402
-from spatial_probing.probes.selection import select_C  # noqa: E402
-from spatial_probing.probes.sklearn_ref import fit_sklearn  # noqa: E402
-from spatial_probing.probes.solver import bf16_supported, fit_logreg, scaled_gradient_max  # noqa: E402
-from spatial_probing.tasks.relation_type import RelationType  # noqa: E402
+from spatial_probing.features.store import load_entry
+from spatial_probing.probes.folds import fold_masks, target_folds
+from spatial_probing.probes.metrics import fit_metrics
+from spatial_probing.probes.selection import select_C
+from spatial_probing.probes.sklearn_ref import fit_sklearn
+from spatial_probing.probes.solver import bf16_supported, fit_logreg, scaled_gradient_max
+from spatial_probing.tasks.relation_type import RelationType
 
 # the entry `spatial-probing extract --config configs/extract/sbert_mpnet.yaml` writes (any mpnet entry
 # of VSR random train under outputs/features), unless named with --features

@@ -51,8 +51,6 @@ demo: $(STAMP) ## Offline: synthetic scenes -> MiniLM + random-init CLIP feature
 	$(SP) extract --config configs/trainer/cpu.yaml --config configs/extract/demo_clip_random.yaml --feature_root $(FEATURES)
 	$(SP) extract --config configs/trainer/cpu.yaml --config configs/extract/demo_minilm.yaml --model.encoder sbert:$(MINILM) \
 	  --data.dataset derived:structure:scenes --feature_root $(FEATURES)
-	$(SP) extract --config configs/trainer/cpu.yaml --config configs/extract/demo_clip_random.yaml --model.view text \
-	  --data.dataset derived:structure:scenes --feature_root $(FEATURES)
 	$(SP) analyze --config configs/analysis/demo_structure.yaml --feature_root $(FEATURES)
 	$(SP) fit --config configs/probe/demo.yaml --data.feature_root $(FEATURES)
 

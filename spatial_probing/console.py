@@ -11,7 +11,9 @@ import logging
 # on every Trainer that has no LitLogger, i.e. on every extract and fit: not information about the run.
 # Lightning's device inventory ("GPU available: False, used: False", "TPU available: False, ...") says
 # nothing on a machine without those devices; with one present ("GPU available: True, used: False") it stays.
-_ADVERTS = ("💡 Tip:", "GPU available: False", "TPU available: False", "HPU available: False")
+# "`Trainer.fit` stopped: `max_epochs=1` reached." closes every probe fit: a probe fit is one epoch by design.
+_ADVERTS = ("💡 Tip:", "GPU available: False", "TPU available: False", "HPU available: False",
+            "`Trainer.fit` stopped: `max_epochs=1` reached.")
 # open_clip warns "No pretrained weights loaded ... initialized randomly" through the root logger; the
 # project asks for that only for a random-init control (a requested checkpoint that fails raises instead).
 _OPENCLIP_RANDOM = "No pretrained weights loaded for model"

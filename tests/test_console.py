@@ -16,7 +16,8 @@ def test_no_device_lines_and_adverts_are_dropped_device_lines_stay(caplog, logge
     logger = logging.getLogger(logger_name)
     with caplog.at_level(logging.INFO):
         for msg in ("GPU available: False, used: False", "TPU available: False, using: 0 TPU cores",
-                    "💡 Tip: For seamless cloud logging ... litlogger", "GPU available: True (cuda), used: False",
+                    "💡 Tip: For seamless cloud logging ... litlogger", "`Trainer.fit` stopped: `max_epochs=1` reached.",
+                    "GPU available: True (cuda), used: False",
                     "Using bfloat16 Automatic Mixed Precision (AMP)"):
             logger.info(msg)
     assert [r.getMessage() for r in caplog.records] == [

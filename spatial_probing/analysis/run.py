@@ -20,7 +20,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from spatial_probing.analysis.base import Analysis
 from spatial_probing.analysis.features import FeatureIndex
 from spatial_probing.analysis.published import published_table
-from spatial_probing.analysis.stats import write_stats
+from spatial_probing.analysis.stats import headline, write_stats
 from spatial_probing.analysis.truth import Truth
 from spatial_probing.io import atomic_write
 from spatial_probing.report.build import write_report
@@ -39,13 +39,10 @@ def parser() -> ArgumentParser:
 
 def summary_table(stats: pd.DataFrame) -> str:
     """The ``all`` rows as ``task  metric  encoder  view  estimate [ci_low, ci_high]``."""
-    rows = stats[stats["target"].eq("all") | stats["task"].eq("rsa")]
     lines = []
-    for r in rows.itertuples():
-        ci = f" [{r.ci_low:.4f}, {r.ci_high:.4f}]" if pd.notna(r.ci_low) else ""
+    for r in headline(stats).itertuples():
         target = f" {r.target}" if r.task == "rsa" else ""
-        lines.append(f"{r.dataset:<34} {r.task:<14} {r.metric:<20} {r.encoder}{target} ({r.view})  "
-                     f"{r.estimate:.4f}{ci}")
+        lines.append(f"{r.dataset:<34} {r.task:<14} {r.metric:<20} {r.encoder}{target} ({r.view})  {r.cell}")
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spatial_probing.analysis.stats import headline
 from spatial_probing.report.figures import ReportFigure
 from spatial_probing.report.run_files import RunFiles
 from spatial_probing.report.tables import HEADLINE_METRIC, comparison_table, short_encoder, summary
@@ -85,13 +86,8 @@ def _summary_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _analysis_table(stats: pd.DataFrame) -> pd.DataFrame:
-    """stats.csv's headline rows (target ``all``, RSA pairs) as ``estimate [ci_low, ci_high]`` cells."""
-    rows = stats[stats["target"].eq("all") | stats["task"].eq("rsa")]
-    ci = rows.apply(lambda r: "" if pd.isna(r["ci_low"]) else f" [{r['ci_low']:.4f}, {r['ci_high']:.4f}]", axis=1)
-    cells = rows["estimate"].map("{:.4f}".format) + ci
-    rsa_target = rows["target"].where(rows["task"].eq("rsa"), "")
-    table = rows.assign(cell=cells, what=(rows["task"] + " " + rows["metric"] + " " + rsa_target).str.strip())
-    out = table.pivot_table(index="label", columns=["dataset", "what"], values="cell", aggfunc="first", sort=False)
+    """stats.csv's headline rows (`analysis.stats.headline`): one row per entry, one column per result."""
+    out = headline(stats).pivot_table(index="label", columns=["dataset", "what"], values="cell", aggfunc="first", sort=False)
     out.index.name = "encoder"
     out.columns = [f"{d}: {w}" for d, w in out.columns]
     return out.fillna("")

@@ -447,6 +447,23 @@ def _layer_order(layer: str) -> tuple[int, float]:
         return (1, 0.0)
 
 
+def _depth_figure(curves: list[tuple[str, pd.DataFrame]]):
+    """Figure and axes with one line per ``(label, frame)``: the frame's ``estimate`` against its index of
+    layers in depth order (``final`` last), with a band where it has ``ci_low``/``ci_high`` for every layer."""
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for label, part in curves:
+        part = part.loc[sorted(part.index, key=_layer_order)]
+        x = np.arange(len(part))
+        (line,) = ax.plot(x, part["estimate"].to_numpy(), marker="o", label=label)
+        if "ci_low" in part and part["ci_low"].notna().all():
+            ax.fill_between(x, part["ci_low"].to_numpy(), part["ci_high"].to_numpy(), color=line.get_color(), alpha=0.15)
+        ax.set_xticks(x, labels=list(part.index))
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("layer")
+    return fig, ax
+
+
 def layer_curves(run: RunFiles, metric: str = HEADLINE_METRIC) -> ReportFigure | None:
     """Mean relation score against layer, one line per encoder@view that was probed at several layers."""
     rows = run.results[(run.results["task"] == RELATION_TASK) & (run.results["metric"] == metric)]
@@ -454,16 +471,8 @@ def layer_curves(run: RunFiles, metric: str = HEADLINE_METRIC) -> ReportFigure |
     models = [m for m in series.index.unique("model") if len(series[m]) > 1]
     if not models:
         return None
-    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    for model in models:
-        curve = series[model]
-        layers = sorted(curve.index, key=_layer_order)
-        ax.plot(range(len(layers)), curve[layers].to_numpy(), marker="o", label=model)
-        ax.set_xticks(range(len(layers)), labels=layers)
+    fig, ax = _depth_figure([(model, series[model].rename("estimate").to_frame()) for model in models])
     _chance_line(ax, metric, axis="y")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("layer")
     ax.set_ylabel(f"mean {metric_title(metric)} over relations")
     ax.set_title("Layer curves")
     ax.legend(fontsize=7.5)
@@ -479,21 +488,12 @@ def stats_layer_curves(run: RunFiles) -> ReportFigure | None:
     encoder = rows["encoder"].str.replace(r"\[[^\]]*\]$", "", regex=True)  # analysis labels end in [layer]
     named = [e if e.endswith(f"@{v}") else f"{e}@{v}" for e, v in zip(encoder, rows["view"], strict=True)]
     rows = rows.assign(model=pd.Series(named, index=rows.index) + ": " + rows["task"] + " " + rows["metric"])
-    curves = [(model, part) for model, part in rows.groupby("model", sort=False) if part["layer"].nunique() > 1]
+    curves = [(model, part.set_index("layer")) for model, part in rows.groupby("model", sort=False)
+              if part["layer"].nunique() > 1]
     if not curves:
         return None
-    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    for model, part in curves:
-        part = part.set_index("layer").loc[sorted(part["layer"], key=_layer_order)]
-        x = np.arange(len(part))
-        (line,) = ax.plot(x, part["estimate"].to_numpy(), marker="o", label=model)
-        if part["ci_low"].notna().all():
-            ax.fill_between(x, part["ci_low"].to_numpy(), part["ci_high"].to_numpy(), color=line.get_color(), alpha=0.15)
-        ax.set_xticks(x, labels=list(part.index))
+    fig, ax = _depth_figure(curves)
     ax.axhline(0.5, color="0.3", linestyle=":", linewidth=1, label="chance (0.5)")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("layer")
     ax.set_ylabel("estimate (95% CI band)")
     ax.set_title("Analysis scores against depth")
     fig.legend(*ax.get_legend_handles_labels(), fontsize=7.5, loc="outside lower center", ncols=2)

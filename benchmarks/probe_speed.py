@@ -13,8 +13,9 @@ dtype, and float32 cannot resolve a 1e-10 gradient): lbfgs and newton-cholesky, 
 over every core (one BLAS thread per worker process, threadpoolctl), the folds of each relation
 in one worker, each fold warm-started from the previous one (``warm_start=True``). The batched
 solver runs at the same tolerance with bfloat16 Hessian-vector products where the CPU has
-AMX-BF16 / AVX512-BF16 (float32 elsewhere). Prints each time, the scaled gradient every answer
-reaches, per-relation macro-F1 agreement (max |dF1| against each converged set-up; the goal is
+AMX-BF16 / AVX512-BF16 (float32 elsewhere). Prints the machine's time for one round of
+Hessian-vector products (a GEMM pair over every problem, float32 and bfloat16: what the batched
+solver's time is made of), each time, the scaled gradient every answer reaches, per-relation macro-F1 agreement (max |dF1| against each converged set-up; the goal is
 <= 0.002), the batched probe's peak memory, optionally the original study's default-tolerance
 serial loop (0.7097) and a 7-value C grid with nested inner-CV selection, and LAST the ratio
 ``speedup (best scikit-learn set-up / batched)``.
@@ -92,6 +93,16 @@ def timed(repeats: int, fn, *args, **kwargs):
     return out, best
 
 
+def gemm_pair_ms(X: np.ndarray, columns: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    """Best time (ms) of ``X @ P`` and ``X.T @ R`` with ``columns`` columns in ``dtype``: one round of
+    Hessian-vector products for every problem, the unit the batched solver's cost is made of."""
+    gen = torch.Generator().manual_seed(0)
+    Z = torch.from_numpy(X).to(dtype)
+    P = torch.randn(X.shape[1], columns, generator=gen).to(dtype)
+    R = torch.randn(X.shape[0], columns, generator=gen).to(dtype)
+    return 1e3 * timed(repeats, lambda: (Z @ P, Z.T @ R))[1]
+
+
 def per_relation_f1(X, Y, test, fit) -> np.ndarray:
     """Macro-F1 per relation, mean over folds: ``[T]``."""
     return fit_metrics(X, Y, test, fit)["f1_macro"][:, 0].mean(0).numpy()
@@ -122,6 +133,13 @@ def main() -> None:
         f"{train.shape[0] * len(names)} problems; torch threads {torch.get_num_threads()}, joblib workers {n_jobs}"
     )
     hvp = torch.bfloat16 if bf16_supported() else torch.float32
+    n_problems = train.shape[0] * len(names)
+    # The machine's rate for the solver's unit of work, so ratios from different hosts can be compared.
+    print(
+        f"GEMM pair [{X.shape[0]} x {X.shape[1]}] x [{X.shape[1]} x {n_problems}] and its transpose: float32 "
+        f"{gemm_pair_ms(X, n_problems, torch.float32):.1f} ms, bfloat16 {gemm_pair_ms(X, n_problems, torch.bfloat16):.1f} ms "
+        f"(native bfloat16: {'yes' if bf16_supported() else 'no'})"
+    )
     batched = dict(tol=1e-10, max_iter=100, dtype=hvp)
     X64 = X.astype(np.float64)
     setups = {

@@ -73,6 +73,25 @@ def test_key_changes_with_dtype_and_dataset(tmp_path, minilm_dir):
     assert len(_entries(root)) == 3
 
 
+def test_a_bumped_adapter_code_version_recomputes_that_familys_entries_only(tmp_path, minilm_dir, monkeypatch, capsys):
+    import dataclasses
+
+    from spatial_probing.encoders import registry
+
+    root = tmp_path / "features"
+    old = _extract(root, "--model.encoder", f"sbert:{minilm_dir}")
+    assert json.loads((old / "meta.json").read_text())["key"]["adapter"] == "sbert/1"
+    bumped = dict(registry._FAMILIES, sbert=dataclasses.replace(registry._FAMILIES["sbert"], code_version=2))
+    monkeypatch.setattr(registry, "_FAMILIES", bumped)
+    assert registry.adapter_code("openclip:ViT-B-32/openai") == "openclip/1"  # other families keep their keys
+    capsys.readouterr()
+    assert main(["extract", *CPU, *SCENES, "--feature_root", str(root), "--model.encoder", f"sbert:{minilm_dir}"]) == 0
+    assert "cache hit" not in capsys.readouterr().out
+    (new,) = [e for e in _entries(root) if e != old]
+    assert json.loads((new / "meta.json").read_text())["key"]["adapter"] == "sbert/2"
+    np.testing.assert_array_equal(load_entry(new).features, load_entry(old).features)  # same code, same numbers
+
+
 def test_concat_encodes_each_image_once_and_masks_failed_images(tmp_path):
     from spatial_probing.data.datamodule import SpatialDataModule
     from spatial_probing.data.sources import dataset_location

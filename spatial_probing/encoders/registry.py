@@ -76,6 +76,10 @@ class _Family:
     default_model: str
     description: str
     examples: tuple[str, ...]
+    # Part of every feature-cache key of the family: bump it with any change to the adapter that changes
+    # the features it writes (tokenisation, pooling, preprocessing), so entries written before are
+    # recomputed instead of silently reused.
+    code_version: int = 1
 
 
 _FAMILIES: dict[str, _Family] = {
@@ -135,6 +139,12 @@ _FAMILIES: dict[str, _Family] = {
         ),
     )
 }
+
+
+def adapter_code(encoder: str) -> str:
+    """``<family>/<code_version>`` of an encoder name's family (the cache key's ``adapter``); "" if unknown."""
+    family = _FAMILIES.get(encoder.partition(":")[0])
+    return f"{family.name}/{family.code_version}" if family else ""
 
 
 def _unknown_family(name: str) -> EncoderError:

@@ -39,6 +39,7 @@ import numpy as np
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.data.sources import cache_root
 from spatial_probing.encoders import views as view_recipes
+from spatial_probing.encoders.registry import adapter_code
 from spatial_probing.errors import CacheError
 from spatial_probing.io import atomic_path, atomic_write
 
@@ -110,11 +111,13 @@ class CacheKey:
     model_source: str | None = None
     layers: str = view_recipes.FINAL
     image_orientation: str = "stored"
+    adapter: str = ""  # the encoder family's adapter code version (registry.adapter_code)
     format_version: int = FORMAT_VERSION
 
     def as_dict(self) -> dict:
         return {
             "encoder": self.encoder,
+            "adapter": self.adapter,
             "view": self.view,
             "layers": self.layers,
             "dataset": self.dataset,
@@ -145,7 +148,7 @@ def make_key(encoder: str, view: str, model: str, rows: SpatialRows, dtype: str,
         raise CacheError(f"--dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
     return CacheKey(encoder=encoder, view=view, dataset=rows.name, fingerprint=rows.fingerprint, dtype=dtype,
                     precision=precision, model_source=model_source_fingerprint(model), layers=layers,
-                    image_orientation=image_orientation if uses_images else "stored")
+                    image_orientation=image_orientation if uses_images else "stored", adapter=adapter_code(encoder))
 
 
 def meta_digest(meta: dict) -> str:

@@ -206,14 +206,14 @@ def predict(X: ArrayLike, fit: LogRegFit, block: int = 4096) -> torch.Tensor:
     # The bound is computed in float32: its own rounding (~1e-7 relative) is far inside its
     # factor-2 slack, and float64 [block, P] arrays would cost more than the GEMM itself.
     k = 2 * (d + 3) * torch.finfo(torch.float32).eps
-    w_norm, b_abs = W.norm(dim=1).float() * k, b32.abs() * k
+    w_bound, b_bound = W.norm(dim=1).float() * k, b32.abs() * k  # bound = |x| w_bound + b_bound
     out = torch.empty(X.shape[0], W.shape[0], dtype=torch.bool, device=W.device)
     for i in range(0, X.shape[0], block):
         idx = np.arange(i, min(i + block, X.shape[0]))
         x = _rows64(X, idx, W.device).float()
         dec = torch.addmm(b32, x, W32)
         out[i : i + block] = dec > 0
-        unsure = torch.nonzero(dec.abs_() <= torch.outer(x.norm(dim=1), w_norm).add_(b_abs))
+        unsure = torch.nonzero(dec.abs_() <= torch.outer(x.norm(dim=1), w_bound).add_(b_bound))
         if len(unsure):
             r, p = unsure[:, 0], unsure[:, 1]
             out[i + r, p] = (_rows64(X, idx[r.cpu().numpy()], W.device) * W[p]).sum(1) + b[p] > 0

@@ -17,15 +17,21 @@ from spatial_probing.errors import DataError, EncoderError
 from spatial_probing.features.store import load_entry
 from spatial_probing.grounding import analysis
 from spatial_probing.grounding import scenes as S
+from spatial_probing.grounding.arms import ARMS, CONFIGS, INGREDIENTS, available_arms
 from spatial_probing.grounding.cli import build_cli, train
 from spatial_probing.grounding.datamodule import training_tensors
-from spatial_probing.grounding.image import to_pixels
-from spatial_probing.grounding.objectives import _soft_cross_entropy
+from spatial_probing.grounding.image import ImageEncoder, to_pixels
+from spatial_probing.grounding.objectives import Contrastive, _soft_cross_entropy
 from spatial_probing.grounding.study import write_probe_scenes
 from spatial_probing.grounding.text import VOCAB, Tokenizer
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "grounding"
-ARMS = ("mlm", "contrastive", "contrastive_hn")
+from spatial_probing.grounding.towers import (
+    ImageTower,
+    LayoutGridTower,
+    TextPairTower,
+    WorldStateTower,
+    layout_grids,
+    world_states,
+)
 TINY = ["--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--data.n_train", "96", "--data.n_val", "16",
         "--data.batch_size", "16", "--model.warmup_steps", "2", "--trainer.enable_progress_bar", "false"]
 
@@ -78,18 +84,27 @@ def test_held_out_pairs_and_counts_never_in_training_scenes() -> None:
     assert {len(s.objects) for s in held} == set(S.TRAIN_COUNTS + S.HELD_OUT_COUNTS)
 
 
-def test_arm_configs_differ_only_in_the_objective() -> None:
-    resolved = {}
-    for arm in ARMS:
-        cfg = build_cli(["--config", str(CONFIGS / f"{arm}.yaml"), "--trainer.logger", "false"]).config.as_dict()
-        cfg.pop("config")  # the paths of the --config files themselves
-        resolved[arm] = _flat(cfg)
-    keys = set().union(*resolved.values())
-    differing = {k for k in keys if len({json.dumps(r.get(k), sort_keys=True, default=str) for r in resolved.values()}) > 1}
-    assert differing, "the arms must differ in their objective"
-    assert all(k.startswith("model.objective.") for k in differing), differing
-    assert resolved["mlm"]["model.objective.class_path"].endswith("MaskedLM")
-    assert resolved["contrastive_hn"]["model.objective.init_args.hard_negatives"] is True
+def _resolved(arm: str) -> dict:
+    cfg = build_cli(["--config", str(CONFIGS / f"{arm}.yaml"), "--trainer.logger", "false"]).config.as_dict()
+    cfg.pop("config")  # the paths of the --config files themselves
+    return _flat(cfg)
+
+
+def test_neighbouring_arms_differ_only_in_their_documented_ingredient() -> None:
+    assert sorted(ARMS) == available_arms()  # every config is an arm of the study, and every arm has a config
+    resolved = {arm: _resolved(arm) for arm in ARMS}
+    for ing in INGREDIENTS:
+        a, b = resolved[ing.base], resolved[ing.arm]
+        differing = {k for k in set(a) | set(b) if json.dumps(a.get(k), default=str) != json.dumps(b.get(k), default=str)}
+        assert differing, ing
+        assert all(k.startswith(ing.keys) for k in differing), (ing.name, differing)
+    # and each ingredient is what its name says
+    assert resolved["mlm"]["model.objective.class_path"].endswith("MaskedLM") and resolved["mlm"]["model.tower"] is None
+    assert resolved["text_pair"]["model.tower.class_path"].endswith("TextPairTower")
+    assert (resolved["clip_onehot"]["model.objective.init_args.targets"],
+            resolved["contrastive"]["model.objective.init_args.targets"]) == ("onehot", "fact")
+    assert (resolved["shuffled"]["model.tower.init_args.shuffle"], resolved["clip_onehot"]["model.tower.init_args.shuffle"]) == (True, False)
+    assert all(resolved[f"{arm}_hn"]["model.objective.init_args.hard_negatives"] for arm in ("text_pair", "clip_onehot", "contrastive"))
 
 
 def test_arms_start_from_the_same_text_weights() -> None:
@@ -140,7 +155,7 @@ def test_checkpoint_round_trips_through_the_registry_and_extraction(tmp_path: Pa
         text = model.text.encode(tokens["input_ids"], tokens["attention_mask"])
         scenes = S.generate(6, 1, "heldout")
         pixels = torch.from_numpy(S.images(scenes))[[int(s) for s in rows.extra["scene"]]]
-        image = model.image(to_pixels(pixels))
+        image = model.tower.cnn(to_pixels(pixels))
     expected = combine([image.numpy(), text.numpy()])  # the concat view: L2([L2(image) || L2(text)])
     np.testing.assert_allclose(np.asarray(entry.features), expected, rtol=1e-5, atol=1e-6)
     # the untrained control has the same architecture and other weights

@@ -1,10 +1,11 @@
 """``local:`` adapter: an encoder trained by ``spatial-probing train-grounding``, read from its checkpoint.
 
-The checkpoint holds the weights (``state_dict``: ``text.*`` and, for visual arms, ``image.*``) and
-the architecture and vocabulary (``checkpoint["grounding"]``), so nothing else is needed to rebuild
-the tokenizer and both towers. Views: ``text`` (mean-pooled final hidden states, pre-projection,
-the same feature for every arm), ``image`` (the CNN's features, pre-projection) and ``concat``
-(each stored L2-normalised, as every view; see ``encoders/views.py``).
+The checkpoint holds the weights (``state_dict``: ``text.*`` and, for arms whose second tower encodes
+scene images, ``tower.cnn.*``) and the architecture and vocabulary (``checkpoint["grounding"]``, layout
+``CHECKPOINT_FORMAT``), so nothing else is needed to rebuild the tokenizer and both towers. Views:
+``text`` (mean-pooled final hidden states, pre-projection, the same feature for every arm), ``image``
+(the image tower's CNN features, pre-projection; only arms with an image tower) and ``concat`` (each
+stored L2-normalised, as every view; see ``encoders/views.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from spatial_probing.encoders.base import Encoder, seeded
 from spatial_probing.encoders.registry import EncoderSpec
 from spatial_probing.errors import EncoderError
 from spatial_probing.grounding.image import MEAN, STD, ImageEncoder, to_pixels
-from spatial_probing.grounding.module import CHECKPOINT_KEY
+from spatial_probing.grounding.module import CHECKPOINT_FORMAT, CHECKPOINT_KEY
 from spatial_probing.grounding.text import TextEncoder, Tokenizer
 
 
@@ -35,8 +36,10 @@ class LocalEncoder(Encoder):
         with seeded():  # random-init: seeded weights; otherwise overwritten by the checkpoint's below
             self.text = TextEncoder(**text_cfg)
             self.image = ImageEncoder(**image_cfg) if image_cfg else None
-        if state is not None:
-            self.load_state_dict({k: v for k, v in state.items() if k.startswith(("text.", "image."))})
+        if state is not None:  # the image tower's CNN is saved as tower.cnn.*
+            self.load_state_dict({k.replace("tower.cnn.", "image.", 1): v for k, v in state.items()
+                                  if k.startswith(("text.", "tower.cnn."))} if image_cfg else
+                                 {k: v for k, v in state.items() if k.startswith("text.")})
         self.freeze()
 
     def preprocess_text(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -82,7 +85,12 @@ def build(spec: EncoderSpec) -> LocalEncoder:
     if CHECKPOINT_KEY not in checkpoint:
         raise EncoderError(f"encoder {spec}: {path} is not a train-grounding checkpoint (no {CHECKPOINT_KEY!r} entry)")
     architecture = checkpoint[CHECKPOINT_KEY]
+    if architecture.get("format") != CHECKPOINT_FORMAT:
+        raise EncoderError(f"encoder {spec}: {path} has checkpoint format {architecture.get('format', 1)}, this "
+                           f"code reads format {CHECKPOINT_FORMAT}; retrain it with this version's train-grounding")
     if set(spec.views) - {"text"} and architecture["image"] is None:
+        tower = architecture["tower"]
+        trained = f"with a {tower['class']} (no image encoder)" if tower else f"text-only ({architecture['objective']})"
         raise EncoderError(f"encoder {spec}: view {spec.view!r} needs an image tower, but {path} was trained "
-                           f"text-only ({architecture['objective']}); use view text")
+                           f"{trained}; use view text")
     return LocalEncoder(spec, architecture, None if spec.random_init else checkpoint["state_dict"])

@@ -29,7 +29,23 @@ TESTS = {"structure": "contradiction", "swap": "swap"}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def triplet_scores(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per item and test, 1 / 0.5 (tie) / 0: is the converse nearer (cosine) the caption than the test's foil?
+
+    ``features``: one ``[items, d]`` array per caption kind of ``KINDS``, rows aligned by scene. The one
+    scoring rule of the study and of the training-time learning curves.
+    """
+    unit = {k: _unit(features[k]) for k in KINDS}
+    near = (unit["caption"] * unit["converse"]).sum(1)
+    out = {}
+    for test, foil in TESTS.items():
+        far = (unit["caption"] * unit[foil]).sum(1)
+        out[test] = np.where(np.isclose(near, far, rtol=0, atol=1e-9), 0.5, (near > far).astype(float))
+    return out
 
 
 def structure_items(features: np.ndarray, rows: SpatialRows) -> pd.DataFrame:
@@ -37,16 +53,10 @@ def structure_items(features: np.ndarray, rows: SpatialRows) -> pd.DataFrame:
     scene = np.asarray(rows.extra["scene"])
     kind = np.asarray(rows.extra["kind"])
     order = {k: np.argsort(scene[kind == k], kind="stable") for k in KINDS}
-    feats = {k: _unit(np.asarray(features[kind == k], dtype=np.float64)[order[k]]) for k in KINDS}
+    scores = triplet_scores({k: np.asarray(features[kind == k])[order[k]] for k in KINDS})
     relation = np.asarray(rows.relations, dtype=object)[kind == "caption"][order["caption"]]
-    near = (feats["caption"] * feats["converse"]).sum(1)
-    frames = []
-    for test, foil in TESTS.items():
-        far = (feats["caption"] * feats[foil]).sum(1)
-        score = np.where(np.isclose(near, far, rtol=0, atol=1e-9), 0.5, (near > far).astype(float))
-        frames.append(pd.DataFrame({"item": np.arange(len(score)), "relation": relation, "test": test,
-                                    "score": score}))
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat([pd.DataFrame({"item": np.arange(len(score)), "relation": relation, "test": test,
+                                    "score": score}) for test, score in scores.items()], ignore_index=True)
 
 
 def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:

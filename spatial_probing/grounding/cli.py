@@ -5,8 +5,10 @@
 
 ``configs/grounding/base.yaml`` is always read first (it holds everything the arms share), so an
 arm's own file names only its objective. ``out_dir`` receives ``encoder.ckpt`` (usable as the encoder
-``local:<out_dir>/encoder.ckpt``), ``summary.json`` (throughput, retrieval history, the step at which
-retrieval left chance), ``config.yaml`` and the logger's files.
+``local:<out_dir>/encoder.ckpt``), ``summary.json`` (throughput, the validation history: retrieval and
+the structure / swap learning curves, the step at which retrieval left chance), ``config.yaml`` and the
+logger's files. The last point of the history is always the saved weights (a final validation runs when
+``max_steps`` is not a multiple of ``val_check_interval``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class GroundingCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--out_dir", type=str, default="outputs/grounding/run",
                             help="Run directory: encoder.ckpt, summary.json, config.yaml, logs.")
+        # one place configures the tower (model.tower); the data module builds the inputs that tower reads
+        parser.link_arguments("model.tower", "data.tower", apply_on="instantiate")
 
 
 def build_cli(args: list[str], run: bool = False) -> GroundingCLI:
@@ -52,11 +56,15 @@ def train(args: list[str]) -> tuple[GroundingModule, dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     trainer, model = cli.trainer, cli.model
     trainer.fit(model, datamodule=cli.datamodule)
+    if not model.history or model.history[-1]["step"] != trainer.global_step:
+        trainer.validate(model, datamodule=cli.datamodule, verbose=False)  # the curve ends at the saved weights
     checkpoint = out / "encoder.ckpt"
     trainer.save_checkpoint(checkpoint)  # every rank calls it; rank 0 writes
     summary = {
         "objective": type(model.objective).__name__,
+        "targets": getattr(model.objective, "targets", None),
         "hard_negatives": bool(getattr(model.objective, "hard_negatives", False)),
+        "tower": model.tower.architecture() if model.tower is not None else None,
         "seed": cli.config.seed_everything,
         "steps": int(trainer.global_step),
         "precision": str(trainer.precision),

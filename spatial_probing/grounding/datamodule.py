@@ -2,10 +2,14 @@
 
 The training set is a fixed list of scenes from ``scene_seed``; each scene contributes one true
 caption, its canonical form or its converse paraphrase (chosen by the same seed), so every arm sees
-the same caption multiset. Each example also carries its contradiction (the NegCLIP hard negative)
-and the fact ids of both; arms use what their objective needs. Validation serves two sets: new
-scenes from the training distribution (``val``) and held-out scenes (``heldout``, unseen colour-shape
-pairs and object counts), each with the true caption, its contradiction and its argument swap.
+the same caption multiset. Each example also carries its contradiction (the NegCLIP hard negative),
+the fact ids of both, and the inputs of the arm's second tower (``towers.py``: rendered pixels, another
+caption, the world state or a layout grid; none for the text-only arm). Validation serves three sets:
+new scenes from the training distribution (``val``) and held-out scenes (``heldout``, unseen
+colour-shape pairs and object counts), each with the true caption, its contradiction and its
+argument swap, for tower-caption retrieval; and the study's held-out probe scenes (``probe``: the same
+``n_probe`` scenes from ``probe_seed`` that ``grounding.study`` writes), whose four captions score the
+structure and argument-swap tests on pooled text features: the learning curves.
 """
 
 from __future__ import annotations
@@ -17,9 +21,18 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from spatial_probing.errors import DataError
 from spatial_probing.grounding import scenes as S
+from spatial_probing.grounding.analysis import KINDS
 from spatial_probing.grounding.text import Tokenizer
+from spatial_probing.grounding.towers import SecondTower
 
-VAL_SETS = ("val", "heldout")
+VAL_SETS = ("val", "heldout", "probe")
+PROBE_SCENES, PROBE_SEED = 400, 12345  # the study's defaults (--n_probe, --probe_seed)
+
+
+def token_keys(kind: str) -> tuple[str, str]:
+    """Batch keys of a validation caption kind's tokens (the true caption's are unprefixed)."""
+    prefix = "" if kind == "caption" else f"{kind}_"
+    return f"{prefix}input_ids", f"{prefix}attention_mask"
 
 
 def _ids(tokenizer: Tokenizer, texts: list[str], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -31,8 +44,8 @@ def _facts(triples: list[tuple[str, str, str]]) -> torch.Tensor:
     return torch.tensor([S.fact_id(*t) for t in triples], dtype=torch.long)
 
 
-def training_tensors(n: int, seed: int) -> dict[str, torch.Tensor]:
-    """Every training example as tensors: caption and contradiction tokens, pixels, fact ids."""
+def training_tensors(n: int, seed: int, tower: SecondTower | None = None) -> dict[str, torch.Tensor]:
+    """Every training example as tensors: caption and contradiction tokens, fact ids, the tower's inputs."""
     scenes = S.generate(n, seed, "train")
     converse = np.random.default_rng([seed, 2]).random(n) < 0.5
     tokenizer = Tokenizer()
@@ -47,18 +60,22 @@ def training_tensors(n: int, seed: int) -> dict[str, torch.Tensor]:
     return {
         **_ids(tokenizer, [S.caption(*t) for t in captions]),
         **_ids(tokenizer, [S.caption(*t) for t in contradictions], "neg_"),
-        "pixels": torch.from_numpy(S.images(scenes)),
         "fact": _facts(captions),
         "neg_fact": _facts(contradictions),
+        **(tower.inputs(scenes, seed, train=True) if tower is not None else {}),
     }
 
 
-def evaluation_tensors(scenes: list[S.GroundingScene]) -> dict[str, torch.Tensor]:
-    """Pixels plus tokens of each scene's true caption, contradiction and argument swap."""
+def evaluation_tensors(scenes: list[S.GroundingScene], seed: int, tower: SecondTower | None,
+                       kinds: tuple[str, ...] = ("caption", "contradiction", "swap")) -> dict[str, torch.Tensor]:
+    """Tokens of each scene's captions of ``kinds`` (keys ``<kind>_input_ids``, ``caption`` unprefixed) and
+    the tower's inputs (true pairing)."""
     tokenizer = Tokenizer()
-    out = {"pixels": torch.from_numpy(S.images(scenes))}
-    for kind, prefix in (("caption", ""), ("contradiction", "neg_"), ("swap", "swap_")):
-        out |= _ids(tokenizer, [s.captions()[kind][0] for s in scenes], prefix)
+    out = tower.inputs(scenes, seed, train=False) if tower is not None else {}
+    for kind in kinds:
+        ids, mask = token_keys(kind)
+        tokens = tokenizer([s.captions()[kind][0] for s in scenes])
+        out |= {ids: tokens["input_ids"], mask: tokens["attention_mask"]}
     return out
 
 
@@ -81,36 +98,47 @@ class GroundingDataModule(pl.LightningDataModule):
 
     Args:
         n_train: training scenes (one caption each; epochs repeat them in a new order).
-        n_val: scenes in each validation set (``val`` in-distribution, ``heldout`` unseen pairs/counts).
+        n_val: scenes in each retrieval validation set (``val`` in-distribution, ``heldout`` unseen pairs/counts).
+        n_probe: held-out probe scenes scored by the structure and swap tests at every validation (the
+            study passes its own ``--n_probe``, so the last point of the curve is the study's score).
+        probe_seed: seed of the probe scenes (the study's ``--probe_seed``).
         scene_seed: seed of the scene generator (kept fixed across training seeds: same captions).
         batch_size: examples per step and per device.
         num_workers: DataLoader workers (batches are slices of in-memory tensors; 0 is usually fastest).
+        tower: the model's second tower (linked from ``model.tower``: it decides which inputs are built).
     """
 
-    def __init__(self, n_train: int = 20000, n_val: int = 512, scene_seed: int = 0, batch_size: int = 128,
-                 num_workers: int = 0) -> None:
+    def __init__(self, n_train: int = 20000, n_val: int = 512, n_probe: int = PROBE_SCENES,
+                 probe_seed: int = PROBE_SEED, scene_seed: int = 0, batch_size: int = 128, num_workers: int = 0,
+                 tower: SecondTower | None = None) -> None:
         super().__init__()
         if batch_size < 2:
             raise DataError(f"--data.batch_size must be at least 2 (in-batch negatives), got {batch_size}")
-        self.n_train, self.n_val, self.scene_seed = n_train, n_val, scene_seed
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.n_train, self.n_val, self.n_probe, self.probe_seed = n_train, n_val, n_probe, probe_seed
+        self.scene_seed, self.batch_size, self.num_workers, self.tower = scene_seed, batch_size, num_workers, tower
         self.train_set: _Tensors | None = None
         self.val_sets: dict[str, _Tensors] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.train_set = _Tensors(training_tensors(self.n_train, self.scene_seed))
+            self.train_set = _Tensors(training_tensors(self.n_train, self.scene_seed, self.tower))
             # validation scenes come from generator streams disjoint from the training stream
+            val_seed = self.scene_seed + 1_000_003
             self.val_sets = {
-                "val": _Tensors(evaluation_tensors(S.generate(self.n_val, self.scene_seed + 1_000_003, "train"))),
-                "heldout": _Tensors(evaluation_tensors(S.generate(self.n_val, self.scene_seed, "heldout"))),
+                "val": _Tensors(evaluation_tensors(S.generate(self.n_val, val_seed, "train"), val_seed, self.tower)),
+                "heldout": _Tensors(evaluation_tensors(S.generate(self.n_val, self.scene_seed, "heldout"),
+                                                       self.scene_seed, self.tower)),
+                "probe": _Tensors(evaluation_tensors(S.generate(self.n_probe, self.probe_seed, "heldout"),
+                                                     self.probe_seed, None, KINDS)),
             }
 
     def _loader(self, data: _Tensors, batch_size: int, shuffle: bool) -> DataLoader:
         # Lightning swaps in a DistributedSampler-backed batch sampler under DDP, as for any sampler
         order = RandomSampler(data) if shuffle else SequentialSampler(data)
+        # an evaluation loader seeds its iterator from a generator of its own: creating it draws from the global
+        # RNG otherwise, and then validating (how often, how many sets) would change the training that follows
         return DataLoader(data, sampler=BatchSampler(order, batch_size, drop_last=shuffle), batch_size=None,
-                          num_workers=self.num_workers)
+                          num_workers=self.num_workers, generator=None if shuffle else torch.Generator())
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.batch_size, shuffle=True)

@@ -19,13 +19,16 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 
 class ImageEncoder(nn.Module):
-    """32x32 -> 16 -> 8 -> 4 (channels, 2*channels, 2*channels) -> flatten -> ``width`` features."""
+    """32x32 -> 16 -> 8 -> 4 (channels, 2*channels, 2*channels) -> flatten -> ``width`` features.
 
-    def __init__(self, width: int = 64, channels: int = 32, image_size: int = 32) -> None:
+    ``in_channels``: 3 for RGB scenes; the layout-grid tower feeds one channel per object name.
+    """
+
+    def __init__(self, width: int = 64, channels: int = 32, image_size: int = 32, in_channels: int = 3) -> None:
         super().__init__()
         c2 = 2 * channels
         self.convs = nn.Sequential(
-            nn.Conv2d(3, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(in_channels, channels, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(channels, c2, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(c2, c2, 3, stride=2, padding=1), nn.ReLU(),
         )
@@ -33,5 +36,5 @@ class ImageEncoder(nn.Module):
         self.width = width
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Normalised pixels ``[B, 3, 32, 32]`` -> features ``[B, width]``."""
+        """Normalised pixels ``[B, in_channels, 32, 32]`` -> features ``[B, width]``."""
         return self.out(self.convs(pixels).flatten(1))

@@ -1,11 +1,15 @@
-"""GroundingModule: the text encoder (and, for visual objectives, the image encoder) trained under one objective.
+"""GroundingModule: the text encoder (and the arm's second tower, if any) trained under one objective.
 
 The text encoder is built first from the seeded generator, so under one seed every arm starts from
-the same text weights; the image tower and the objective's heads are built after it. Validation
-logs image-caption retrieval: the share of scenes whose image is more similar to the true caption
-than to its contradiction (``<set>/retrieval``; chance 0.5) and to its argument swap
-(``<set>/retrieval_swap``), and records the first step at which in-distribution retrieval leaves
-chance (a one-sided binomial test at ``CHANCE_Z`` standard errors above 0.5).
+the same text weights; the second tower and the objective's heads are built after it. Validation logs
+
+* tower-caption retrieval (arms with a tower): the share of scenes whose tower embedding is more
+  similar to the true caption than to its contradiction (``<set>/retrieval``; chance 0.5) and to its
+  argument swap (``<set>/retrieval_swap``), and the first step at which in-distribution retrieval
+  leaves chance (a one-sided binomial test at ``CHANCE_Z`` standard errors above 0.5);
+* the learning curves (every arm): the structure and argument-swap tests on the study's held-out probe
+  scenes, from pooled text features (``probe/structure``, ``probe/swap``; ``analysis.triplet_scores``,
+  the study's own rule).
 """
 
 from __future__ import annotations
@@ -17,61 +21,71 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from spatial_probing.grounding.datamodule import VAL_SETS
-from spatial_probing.grounding.image import ImageEncoder, to_pixels
+from spatial_probing.errors import DataError
+from spatial_probing.grounding.analysis import KINDS, triplet_scores
+from spatial_probing.grounding.datamodule import VAL_SETS, token_keys
 from spatial_probing.grounding.objectives import Objective
-from spatial_probing.grounding.scenes import IMAGE_SIZE
 from spatial_probing.grounding.text import VOCAB, TextEncoder
+from spatial_probing.grounding.towers import SecondTower
 
 CHANCE_Z = 3.0
 CHECKPOINT_KEY = "grounding"  # the checkpoint entry the `local:` encoder adapter reads
+#: version of the checkpoint's layout (``architecture()``, state-dict names); the ``local:`` adapter refuses others.
+#: 2: the second tower is a plug-in (``tower.*`` weights, ``architecture["tower"]``).
+CHECKPOINT_FORMAT = 2
 
 
 class GroundingModule(pl.LightningModule):
     """One arm of the grounding experiment.
 
     Args:
-        objective: ``MaskedLM`` (text-only) or ``Contrastive`` (with or without hard negatives).
-        width: text (and image feature) width.
+        objective: ``MaskedLM`` (text-only) or ``Contrastive`` (target rule, hard negatives).
+        tower: what ``Contrastive`` contrasts each caption with (``towers.py``); none for ``MaskedLM``.
+        width: text (and tower feature) width.
         depth: Transformer layers.
         heads: attention heads.
         max_length: longest caption in tokens.
-        image_channels: channels of the first convolution (doubled in the next two).
         lr: AdamW peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up, then cosine decay to 0 at ``trainer.max_steps``.
     """
 
-    def __init__(self, objective: Objective, width: int = 64, depth: int = 2, heads: int = 4, max_length: int = 16,
-                 image_channels: int = 32, lr: float = 1e-3, weight_decay: float = 0.01,
+    def __init__(self, objective: Objective, tower: SecondTower | None = None, width: int = 64, depth: int = 2,
+                 heads: int = 4, max_length: int = 16, lr: float = 1e-3, weight_decay: float = 0.01,
                  warmup_steps: int = 200) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["objective"])
+        if objective.needs_tower != (tower is not None):
+            need = "needs a second tower (--model.tower)" if objective.needs_tower else "has no use for --model.tower"
+            raise DataError(f"--model.objective {type(objective).__name__} {need}")
+        self.save_hyperparameters(ignore=["objective", "tower"])
         self.text = TextEncoder(len(VOCAB), width, depth, heads, max_length)
-        self.image = ImageEncoder(width, image_channels) if objective.uses_images else None
-        objective.build(width, width if self.image is not None else None, len(VOCAB))
+        if tower is not None:
+            tower.build(width)
+        self.tower = tower
+        objective.build(width, width if tower is not None else None, len(VOCAB))
         self.objective = objective
-        self.history: list[dict[str, float]] = []  # one row per validation: step and retrieval scores
+        self.history: list[dict[str, float]] = []  # one row per validation: step, retrieval and probe scores
         self.left_chance_step: int | None = None
         self._train_time, self._train_samples, self._batch_start = 0.0, 0, 0.0
 
     def architecture(self) -> dict[str, Any]:
-        """What the registry adapter needs to rebuild the encoders (and the tokenizer) from a checkpoint."""
+        """What the registry adapter needs to rebuild the encoders (and the tokenizer) from a checkpoint:
+        ``image`` is the image tower's CNN (weights ``tower.cnn.*``) where the tower encodes RGB scenes."""
         hp = self.hparams
-        return {"vocab": list(VOCAB), "objective": type(self.objective).__name__,
-                "text": {"vocab_size": len(VOCAB), "width": hp.width, "depth": hp.depth, "heads": hp.heads,
-                         "max_length": hp.max_length},
-                "image": {"width": hp.width, "channels": hp.image_channels, "image_size": IMAGE_SIZE} if self.image is not None else None}
+        tower = self.tower.architecture() if self.tower is not None else None
+        image = ({k: tower[k] for k in ("width", "channels", "image_size")}
+                 if self.tower is not None and self.tower.image_view else None)
+        return {"format": CHECKPOINT_FORMAT, "vocab": list(VOCAB), "objective": type(self.objective).__name__,
+                "tower": tower, "text": {"vocab_size": len(VOCAB), "width": hp.width, "depth": hp.depth,
+                                         "heads": hp.heads, "max_length": hp.max_length},
+                "image": image}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.architecture()
 
     # -- training -----------------------------------------------------------------------------
-    def _prepared(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {**batch, "pixels": to_pixels(batch["pixels"])}
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.objective.loss(self, self._prepared(batch))
+        loss = self.objective.loss(self, batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -113,17 +127,27 @@ class GroundingModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._wins: dict[str, torch.Tensor] = {}  # per score: [wins, scenes] on this rank
 
+    def _count(self, key: str, wins: torch.Tensor) -> None:
+        counts = torch.stack([wins.sum().double(), torch.tensor(float(len(wins)), device=wins.device)])
+        self._wins[key] = self._wins.get(key, 0) + counts
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         name = VAL_SETS[dataloader_idx]
-        if not self.objective.uses_images:
-            return  # a text-only arm has no image-caption similarity
-        pixels = to_pixels(batch["pixels"])
-        true = self.objective.match(self, pixels, batch["input_ids"], batch["attention_mask"])
-        for kind, prefix in (("retrieval", "neg_"), ("retrieval_swap", "swap_")):
-            false = self.objective.match(self, pixels, batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"])
-            counts = torch.stack([(true > false).sum().double(), torch.tensor(float(len(true)), device=true.device)])
-            key = f"{name}/{kind}"
-            self._wins[key] = self._wins.get(key, 0) + counts
+        if name == "probe":
+            # float32 features scored in float64, as the study scores the extracted features of these captions
+            # (whatever the training precision: autocast off)
+            with torch.autocast(self.device.type, enabled=False):
+                feats = {k: self.text.encode(*(batch[key] for key in token_keys(k))).float().cpu().numpy()
+                         for k in KINDS}
+            for test, score in triplet_scores(feats).items():
+                self._count(f"probe/{test}", torch.from_numpy(score).to(self.device))
+            return
+        if self.tower is None:
+            return  # a text-only arm has no tower-caption similarity
+        true = self.objective.match(self, batch, *(batch[key] for key in token_keys("caption")))
+        for score, foil in (("retrieval", "contradiction"), ("retrieval_swap", "swap")):
+            false = self.objective.match(self, batch, *(batch[key] for key in token_keys(foil)))
+            self._count(f"{name}/{score}", (true > false).double())
 
     def on_validation_epoch_end(self) -> None:
         if not self._wins:
@@ -131,9 +155,11 @@ class GroundingModule(pl.LightningModule):
         # every rank scored its share of the scenes: sum wins and counts over ranks
         totals = {key: self.all_gather(c).reshape(-1, 2).sum(0) for key, c in self._wins.items()}
         scores = {key: (t[0] / t[1]).item() for key, t in totals.items()}
-        n = totals["val/retrieval"][1].item()
         self.log_dict(scores, rank_zero_only=True)
         self.history.append({"step": int(self.global_step), **scores})
+        if "val/retrieval" not in totals or self.trainer.sanity_checking:
+            return
+        n = totals["val/retrieval"][1].item()
         above = scores["val/retrieval"] > 0.5 + CHANCE_Z * math.sqrt(0.25 / n)
-        if self.left_chance_step is None and above and not self.trainer.sanity_checking:
+        if self.left_chance_step is None and above:
             self.left_chance_step = int(self.global_step)

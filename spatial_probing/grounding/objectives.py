@@ -1,18 +1,23 @@
-"""Training objectives of the grounding arms; an arm's config differs from the others only here.
+"""Training objectives of the grounding arms (``model.objective``); what the caption is contrasted with is
+the arm's second tower (``model.tower``, ``towers.py``).
 
-* ``MaskedLM`` (text-only arm): BERT-style masked-language modelling on the captions.
-* ``Contrastive`` (visual arm): CLIP's symmetric InfoNCE between caption and image embeddings.
-* ``Contrastive(hard_negatives=True)`` (NegCLIP-style arm): each caption's contradiction (same
-  objects, converse relation) joins the image-to-text candidates.
+* ``MaskedLM`` (text-only arm, no tower): BERT-style masked-language modelling on the captions.
+* ``Contrastive``: CLIP's symmetric InfoNCE between caption embeddings and the tower's embeddings of
+  the same examples, with one of two target rules:
 
-In-batch targets are soft: every caption whose *fact* (``scenes.fact_id``: converse paraphrases share
-one) equals an image's fact is a positive for that image, with the target mass split evenly between
-them, so repeated captions and paraphrases of the same scene fact are never pushed apart.
+  - ``targets="fact"``: soft in-batch targets. Every caption whose *fact* (``scenes.fact_id``: converse
+    paraphrases share one) equals an example's fact is a positive for it, the target mass split evenly,
+    so repeated captions and paraphrases are never pushed apart. The targets themselves tell the arm
+    which sentences co-refer.
+  - ``targets="onehot"``: CLIP's own rule, a caption is the positive of its own example only.
+* ``Contrastive(hard_negatives=True)`` (NegCLIP-style): each caption's contradiction (same objects,
+  converse relation) joins the tower-to-text candidates (a positive only where the target rule says so).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,17 +29,18 @@ from spatial_probing.grounding.text import MASK
 class Objective(nn.Module):
     """An objective owns its heads; ``build`` creates them once the encoders' widths are known."""
 
-    uses_images = False
+    needs_tower = False  # contrasts captions with a second tower's embeddings
 
-    def build(self, text_width: int, image_width: int | None, vocab_size: int) -> None:
+    def build(self, text_width: int, tower_width: int | None, vocab_size: int) -> None:
         raise NotImplementedError
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def match(self, model: nn.Module, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Image-caption similarity of row-paired images and captions ``[B]`` (visual objectives only)."""
-        raise NotImplementedError(f"{type(self).__name__} has no image tower")
+    def match(self, model: nn.Module, batch: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor
+              ) -> torch.Tensor:
+        """Similarity ``[B]`` of each example's tower input and the row-paired caption (tower objectives only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no second tower")
 
 
 class MaskedLM(Objective):
@@ -50,7 +56,7 @@ class MaskedLM(Objective):
         super().__init__()
         self.mask_prob = mask_prob
 
-    def build(self, text_width: int, image_width: int | None, vocab_size: int) -> None:
+    def build(self, text_width: int, tower_width: int | None, vocab_size: int) -> None:
         self.head = nn.Linear(text_width, vocab_size)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -69,46 +75,58 @@ def _soft_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.
 
 
 class Contrastive(Objective):
-    """CLIP-style contrastive learning between captions and a small image encoder.
+    """CLIP-style contrastive learning between captions and the arm's second tower.
 
     Args:
         embed_dim: width of the shared embedding space (linear projections of both towers).
         temperature: initial temperature of the learnable logit scale (CLIP: 0.07; capped at 1/100).
-        hard_negatives: add each caption's contradiction as an image-to-text candidate (NegCLIP).
+        targets: ``fact`` (captions of the same fact are all positives: paraphrases are linked by the
+            targets) or ``onehot`` (CLIP's rule: a caption is the positive of its own example only).
+        hard_negatives: add each caption's contradiction as a tower-to-text candidate (NegCLIP).
     """
 
-    uses_images = True
+    needs_tower = True
 
-    def __init__(self, embed_dim: int = 64, temperature: float = 0.07, hard_negatives: bool = False) -> None:
+    def __init__(self, embed_dim: int = 64, temperature: float = 0.07, targets: Literal["fact", "onehot"] = "fact",
+                 hard_negatives: bool = False) -> None:
         super().__init__()
-        self.embed_dim, self.hard_negatives = embed_dim, hard_negatives
+        if targets not in ("fact", "onehot"):
+            raise ValueError(f"--model.objective.init_args.targets must be 'fact' or 'onehot', got {targets!r}")
+        self.embed_dim, self.targets, self.hard_negatives = embed_dim, targets, hard_negatives
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
 
-    def build(self, text_width: int, image_width: int | None, vocab_size: int) -> None:
+    def build(self, text_width: int, tower_width: int | None, vocab_size: int) -> None:
         self.text_proj = nn.Linear(text_width, self.embed_dim, bias=False)
-        self.image_proj = nn.Linear(image_width, self.embed_dim, bias=False)
+        self.tower_proj = nn.Linear(tower_width, self.embed_dim, bias=False)
 
     def embed_text(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(model.text.encode(ids, mask)).float(), dim=-1)
 
-    def embed_image(self, model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_proj(model.image(pixels)).float(), dim=-1)
+    def embed_tower(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.normalize(self.tower_proj(model.tower(batch, model.text)).float(), dim=-1)
+
+    def positives(self, tower_fact: torch.Tensor, caption_fact: torch.Tensor, own: bool) -> torch.Tensor:
+        """Target indicator ``[example, caption]``; ``own``: column j is example j's own caption."""
+        if self.targets == "onehot":
+            eye = torch.eye(len(tower_fact), len(caption_fact), device=tower_fact.device)
+            return eye if own else torch.zeros_like(eye)
+        return (tower_fact[:, None] == caption_fact[None, :]).float()
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        image = self.embed_image(model, batch["pixels"])
+        tower = self.embed_tower(model, batch)
         text = self.embed_text(model, batch["input_ids"], batch["attention_mask"])
         scale = self.logit_scale.clamp(max=math.log(100)).exp()
         fact = batch["fact"]
-        positives = (fact[:, None] == fact[None, :]).float()  # [image, caption]; symmetric
-        text_to_image = _soft_cross_entropy(scale * text @ image.T, positives)
+        positives = self.positives(fact, fact, own=True)  # symmetric under both rules
+        text_to_tower = _soft_cross_entropy(scale * text @ tower.T, positives)
         candidates, targets = text, positives
         if self.hard_negatives:
             negatives = self.embed_text(model, batch["neg_input_ids"], batch["neg_attention_mask"])
             candidates = torch.cat([text, negatives])
-            targets = torch.cat([positives, (fact[:, None] == batch["neg_fact"][None, :]).float()], dim=1)
-        image_to_text = _soft_cross_entropy(scale * image @ candidates.T, targets)
-        return (image_to_text + text_to_image) / 2
+            targets = torch.cat([positives, self.positives(fact, batch["neg_fact"], own=False)], dim=1)
+        tower_to_text = _soft_cross_entropy(scale * tower @ candidates.T, targets)
+        return (tower_to_text + text_to_tower) / 2
 
-    def match(self, model: nn.Module, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return (self.embed_image(model, pixels) * self.embed_text(model, ids, mask)).sum(-1)
-
+    def match(self, model: nn.Module, batch: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor
+              ) -> torch.Tensor:
+        return (self.embed_tower(model, batch) * self.embed_text(model, ids, mask)).sum(-1)

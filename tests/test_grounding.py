@@ -181,3 +181,92 @@ def test_structure_scores_of_the_bag_of_words_baseline(tmp_path: Path) -> None:
     assert items[items.test == "structure"].score.eq(0.5).all()  # same words: an exact tie
     assert items[items.test == "swap"].score.eq(0.0).all()  # the swap shares the caption's relation word too
     assert len(items) == 80
+
+
+def test_text_pair_never_sees_an_image() -> None:
+    tensors = training_tensors(200, 0, TextPairTower())
+    assert not any("pixel" in key or "state" in key or "grid" in key for key in tensors), sorted(tensors)
+    # the pair is another caption of the same scene: same fact, drawn independently of the caption's own form
+    words = [" ".join(VOCAB[i] for i in row if i) for row in tensors["tower_input_ids"].tolist()]
+    scenes = S.generate(200, 0, "train")
+    forms = [{Tokenizer().ids(s.captions()[k][0]) == Tokenizer().ids(w) for k in ("caption", "converse")}
+             for s, w in zip(scenes, words, strict=True)]
+    assert all(True in f for f in forms)
+    same_sentence = (tensors["tower_input_ids"] == tensors["input_ids"]).all(1).float().mean().item()
+    assert 0.35 < same_sentence < 0.65  # independent draws: the same form about half of the time
+
+
+def test_shuffled_keeps_the_image_multiset_but_breaks_the_pairing() -> None:
+    scenes = S.generate(300, 0, "train")
+    true = ImageTower().inputs(scenes, 0, train=True)["tower_pixels"]
+    shuffled = ImageTower(shuffle=True).inputs(scenes, 0, train=True)["tower_pixels"]
+    key = lambda x: sorted(bytes(im.numpy().tobytes()) for im in x)  # noqa: E731
+    assert key(true) == key(shuffled)  # the same images ...
+    assert (shuffled == true).flatten(1).all(1).float().mean().item() < 0.02  # ... almost never with their own caption
+    assert torch.equal(ImageTower(shuffle=True).inputs(scenes, 0, train=False)["tower_pixels"], true)  # validation: true pairs
+
+
+def test_clip_onehot_targets_are_the_identity_and_fact_targets_link_paraphrases() -> None:
+    fact = torch.tensor([4, 4, 9, 2])  # two captions of one fact in the batch
+    assert torch.equal(Contrastive(targets="onehot").positives(fact, fact, own=True), torch.eye(4))
+    assert Contrastive(targets="onehot").positives(fact, torch.tensor([4, 9, 2, 7]), own=False).sum() == 0
+    fact_rule = Contrastive(targets="fact").positives(fact, fact, own=True)
+    assert fact_rule[0, 1] == 1 and fact_rule[1, 0] == 1 and fact_rule.sum() == 6
+
+
+def test_world_state_and_layout_grid_inputs_follow_the_boxes() -> None:
+    scene = S.generate(1, 5, "train")[0]
+    state = world_states([scene], 3)[0]
+    ordered = sorted(scene.objects, key=lambda o: S.OBJECT_NAMES.index(o.name))  # fixed order, not caption roles
+    for slot, obj in enumerate(ordered):
+        assert state[slot, S.SCENE_COLOURS.index(obj.colour)] == 1
+        assert state[slot, len(S.SCENE_COLOURS) + S.SCENE_SHAPES.index(obj.shape)] == 1
+        assert state[slot, -4:].tolist() == pytest.approx([v / S.IMAGE_SIZE for v in obj.box])
+    assert state[2].abs().sum() == 0  # an empty third slot
+    grid = layout_grids([scene], 8)[0]
+    for obj in scene.objects:
+        x0, y0, x1, y1 = obj.box
+        cells = grid[S.OBJECT_NAMES.index(obj.name)].nonzero().tolist()
+        assert {c for _, c in cells} == set(range(x0 // 4, (x1 - 1) // 4 + 1))
+        assert {r for r, _ in cells} == set(range(y0 // 4, (y1 - 1) // 4 + 1))
+    assert grid.sum(dim=(1, 2)).nonzero().numel() == len(scene.objects)
+    three = next(s for s in S.generate(50, 0, "heldout") if len(s.objects) == 3)
+    with pytest.raises(DataError, match="max_objects"):
+        world_states([three], 2)
+
+
+def test_towers_are_about_the_image_towers_size() -> None:
+    def size(tower):
+        tower.build(64)
+        return sum(p.numel() for p in tower.parameters())
+    image = size(ImageTower())
+    assert image == sum(p.numel() for p in ImageEncoder(64, 32).parameters())
+    assert abs(size(WorldStateTower()) / image - 1) < 0.05
+    assert abs(size(LayoutGridTower()) / image - 1) < 0.05  # the same CNN, 15 input channels
+    assert size(TextPairTower()) == 0  # shared weights: the caption encoder itself
+
+
+def test_objective_and_tower_must_agree() -> None:
+    with pytest.raises(DataError, match="needs a second tower"):
+        build_cli(["--config", str(CONFIGS / "contrastive.yaml"), "--model.tower", "null", "--trainer.logger", "false"])
+    with pytest.raises(DataError, match="no use for --model.tower"):
+        build_cli(["--config", str(CONFIGS / "mlm.yaml"), "--model.tower", "spatial_probing.grounding.towers.ImageTower",
+                   "--trainer.logger", "false"])
+
+
+def test_learning_curve_ends_at_the_studys_score_of_the_same_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _, summary = train(["--config", str(CONFIGS / "text_pair.yaml"), "--seed_everything", "3", "--out_dir", str(out),
+                        "--trainer.logger.init_args.save_dir", str(out), *TINY, "--trainer.max_steps", "7",
+                        "--data.n_probe", "40", "--data.probe_seed", "11"])
+    steps = [h["step"] for h in summary["history"]]
+    assert steps == [3, 6, 7]  # every val_check_interval, and the saved weights last
+    probe_dir = write_probe_scenes(tmp_path, 40, seed=11)
+    feature_root = tmp_path / "features"
+    assert cli_main(["extract", "--model.encoder", f"local:{summary['checkpoint']}@text", "--data.dataset",
+                     str(probe_dir), "--data.split", "test", "--feature_root", str(feature_root),
+                     "--trainer.enable_progress_bar", "false"]) == 0
+    entry = load_entry(next(feature_root.rglob("meta.json")).parent)
+    items = analysis.structure_items(np.asarray(entry.features), entry.rows)
+    for test in ("structure", "swap"):
+        assert summary["history"][-1][f"probe/{test}"] == items[items.test == test].score.mean()

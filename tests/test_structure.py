@@ -11,8 +11,8 @@ from spatial_probing.data.derived import split_name, structure_rows
 from spatial_probing.data.relations import META_CATEGORIES
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.data.sources import load_rows
+from spatial_probing.data.structure import CONVERSES, parse_caption, triplet
 from spatial_probing.errors import DataError
-from spatial_probing.tasks.structure import CONVERSES, parse_caption, triplet
 
 
 def _rows(pairs: list[tuple[str, str]]) -> SpatialRows:

@@ -1,4 +1,4 @@
-"""Structure tests on derived triplets (`data.derived`, `tasks.structure`) and zero-shot image-text scoring.
+"""Structure tests on derived triplets (`data.derived`, `data.structure`) and zero-shot image-text scoring.
 
 On a ``derived:structure:<base>/<split>`` dataset, for every text entry and ``baseline:bow``:
 
@@ -24,9 +24,9 @@ from spatial_probing.analysis.features import FeatureIndex, Features, bag_of_wor
 from spatial_probing.analysis.protocol import Combine, combine, predictions
 from spatial_probing.analysis.stats import stat_row
 from spatial_probing.data.rows import SpatialRows
+from spatial_probing.data.structure import CONVERSE_PAIRS, ROLES
 from spatial_probing.errors import DataError
 from spatial_probing.probes.solver import fit_logreg
-from spatial_probing.tasks.structure import CONVERSE_PAIRS, ROLES
 
 
 def triplet_rows(rows: SpatialRows) -> dict[str, np.ndarray]:
@@ -51,7 +51,7 @@ def converse_group(relation: str) -> str:
     for a, b in CONVERSE_PAIRS:
         if relation in (a, b):
             return f"{a}|{b}"
-    raise DataError(f"relation {relation!r} has no converse in tasks.structure.CONVERSE_PAIRS")
+    raise DataError(f"relation {relation!r} has no converse in data.structure.CONVERSE_PAIRS")
 
 
 def held_out_pair_probe(x: np.ndarray, roles: dict[str, np.ndarray], groups: np.ndarray, modes: list[Combine],

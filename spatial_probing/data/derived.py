@@ -6,8 +6,8 @@ the same extraction path into the same cache as any dataset, and its rows carry 
 so image and joint views work too.
 
 Kinds:
-    ``structure``: for every base row whose relation has a converse (`tasks.structure.CONVERSES`), four
-        rows in the order of `tasks.structure.ROLES` (caption, paraphrase, contradiction, swap). Extra
+    ``structure``: for every base row whose relation has a converse (`data.structure.CONVERSES`), four
+        rows in the order of `data.structure.ROLES` (caption, paraphrase, contradiction, swap). Extra
         columns: ``role``, ``triplet`` (0, 1, ... per base row kept), ``base_row`` (row index in the base
         split) and the base rows' own extra columns (scene boxes). ``label`` is the base caption's label
         for every role (the truth of a contradiction is not implied by a false caption).
@@ -20,8 +20,8 @@ from collections.abc import Callable
 import numpy as np
 
 from spatial_probing.data.rows import SpatialRows
+from spatial_probing.data.structure import ROLES, triplet
 from spatial_probing.errors import DataError
-from spatial_probing.tasks.structure import ROLES, triplet
 
 PREFIX = "derived:"
 

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from spatial_probing.encoders.base import Encoder
-from spatial_probing.encoders.registry import EncoderSpec, create_encoder, list_encoders, parse_encoder
+from spatial_probing.encoders.registry import create_encoder, list_encoders, parse_encoder
+from spatial_probing.encoders.spec import EncoderSpec
 from spatial_probing.errors import EncoderError
 
 CAPTIONS = [

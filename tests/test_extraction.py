@@ -143,7 +143,7 @@ def test_corrupt_or_incompatible_entry_is_refused(tmp_path, minilm_dir):
 
 
 def _probe_results(entry: Path, out: Path) -> str:
-    from spatial_probing.probes.fit_cli import run_fit
+    from spatial_probing.cli.fit import run_fit
 
     assert run_fit(["--data.features", f"[{entry}]", "--data.task", "spatial_probing.tasks.caption_truth.CaptionTruth",
                     "--data.n_splits", "3", "--trainer.logger", "false", "--trainer.accelerator", "cpu", "--out_dir", str(out)]) == 0

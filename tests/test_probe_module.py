@@ -15,9 +15,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+from spatial_probing.cli.fit import run_fit
 from spatial_probing.errors import FeatureError, SpatialProbingError
 from spatial_probing.features.store import load_entry
-from spatial_probing.probes.fit_cli import run_fit
 from spatial_probing.probes.module import LinearProbe, ProbeDataModule, check_features, find_entries
 from spatial_probing.tasks.relation_type import RelationType
 

@@ -121,7 +121,7 @@ def test_fit_cli_writes_stats_and_comparisons(tmp_path, monkeypatch):
     """The credibility options end to end: baselines, control, CIs, MDL, a random-init pair; seeded."""
     from probe_entries import toy_entry
 
-    from spatial_probing.probes.fit_cli import run_fit
+    from spatial_probing.cli.fit import run_fit
     from spatial_probing.report.tables import credibility_table
 
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

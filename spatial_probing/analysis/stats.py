@@ -50,17 +50,6 @@ def stat_row(identity: dict, task: str, target: str, metric: str, scores: np.nda
             "ci_high": high, "level": level, "method": method}
 
 
-def headline(stats: pd.DataFrame) -> pd.DataFrame:
-    """The rows an analysis reports first (target ``all``, and every RSA pair), with ``cell`` =
-    ``estimate [ci_low, ci_high]`` (no brackets without a CI) and ``what`` = task, metric and, for RSA,
-    the other entry: what the console summary and the HTML report show."""
-    rows = stats[stats["target"].eq("all") | stats["task"].eq("rsa")]
-    ci = [f" [{lo:.4f}, {hi:.4f}]" if pd.notna(lo) else "" for lo, hi in zip(rows["ci_low"], rows["ci_high"], strict=True)]
-    rsa_target = rows["target"].where(rows["task"].eq("rsa"), "")
-    return rows.assign(cell=rows["estimate"].map("{:.4f}".format) + ci,
-                       what=(rows["task"] + " " + rows["metric"] + " " + rsa_target).str.strip())
-
-
 def write_stats(rows: list[dict], path: str | Path) -> Path:
     """Write ``rows`` as stats.csv (atomically), columns in SCHEMA.md's order."""
     frame = pd.DataFrame(rows, columns=list(STATS_COLUMNS))

@@ -9,7 +9,8 @@
 
 ``extract`` and ``fit`` are LightningCLI programs: configs in ``class_path``/``init_args`` style, composed
 with repeated ``--config``, any option overridable on the command line, ``--print_config`` to see the
-resolved config.
+resolved config. The commands that write a run's files sit here, above every layer they drive:
+``fit`` (`cli.fit`) and ``analyze`` (`cli.analyze`), each imported only when its command runs.
 """
 
 from __future__ import annotations
@@ -97,15 +98,15 @@ def run_fit(args: list[str]) -> int:
     # Idle OpenMP threads spinning for work made the probe solver 5-10x slower on shared CPUs. Set before
     # torch is imported, for probing only (encoders keep the default policy); the user's setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from spatial_probing.probes.fit_cli import run_fit as fit
+    from spatial_probing.cli.fit import run_fit as fit
 
     return fit(args)
 
 
 def run_analyze(args: list[str]) -> int:
-    """Run the analyses of an analysis config on cached features (`spatial_probing.analysis.run`)."""
+    """Run the analyses of an analysis config on cached features (`spatial_probing.cli.analyze`)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as for fit: the analyses run the probe solver
-    from spatial_probing.analysis.run import run_analyze as analyze
+    from spatial_probing.cli.analyze import run_analyze as analyze
 
     return analyze(args)
 
@@ -146,6 +147,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,10 +20,11 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from spatial_probing.analysis.base import Analysis
 from spatial_probing.analysis.features import FeatureIndex
 from spatial_probing.analysis.published import published_table
-from spatial_probing.analysis.stats import headline, write_stats
+from spatial_probing.analysis.stats import write_stats
 from spatial_probing.analysis.truth import Truth
 from spatial_probing.io import atomic_write
 from spatial_probing.report.build import write_report
+from spatial_probing.report.tables import headline
 
 
 def parser() -> ArgumentParser:

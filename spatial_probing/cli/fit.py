@@ -27,9 +27,9 @@ from spatial_probing import stop
 from spatial_probing.errors import ConfigError
 from spatial_probing.io import atomic_write
 from spatial_probing.probes.module import LinearProbe, ProbeDataModule
+from spatial_probing.probes.results import comparison_table
 from spatial_probing.report.build import write_report
 from spatial_probing.report.tables import (
-    comparison_table,
     credibility_table,
     format_table,
     write_credibility,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spatial_probing.encoders.registry import EncoderSpec
+from spatial_probing.encoders.spec import EncoderSpec
 from spatial_probing.encoders.views import family_view
 from spatial_probing.errors import EncoderError
 

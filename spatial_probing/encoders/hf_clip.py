@@ -30,7 +30,7 @@ from spatial_probing.encoders.base import (
     resolve_model_dir,
     seeded,
 )
-from spatial_probing.encoders.registry import EncoderSpec
+from spatial_probing.encoders.spec import EncoderSpec
 
 _SETUP_FILES = (("config.json",), ("preprocessor_config.json",), ("tokenizer.json", "vocab.json"))
 _WEIGHT_FILES = (("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"),)

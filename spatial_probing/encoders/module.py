@@ -8,7 +8,8 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 
 from spatial_probing.encoders.base import Encoder, check_layers
-from spatial_probing.encoders.registry import EncoderSpec, create_encoder, parse_encoder
+from spatial_probing.encoders.registry import create_encoder, parse_encoder
+from spatial_probing.encoders.spec import EncoderSpec
 from spatial_probing.encoders.views import family_view, needed_parts
 from spatial_probing.errors import EncoderError
 

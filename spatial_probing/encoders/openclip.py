@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from spatial_probing.encoders.base import Encoder, block_outputs, check_layers, load_or_explain, seeded
-from spatial_probing.encoders.registry import EncoderSpec
+from spatial_probing.encoders.spec import EncoderSpec
 from spatial_probing.errors import EncoderError
 
 # Preprocessing keys of a pretrained tag's config (the rest says where its weights live).

@@ -21,51 +21,19 @@ Adapters are imported only when an encoder is created: listing or parsing names 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spatial_probing.encoders.spec import RANDOM_INIT_SUFFIX, EncoderSpec
 from spatial_probing.encoders.views import FAMILY_VIEWS, canonical_views
 from spatial_probing.errors import EncoderError
 
 if TYPE_CHECKING:
     from spatial_probing.encoders.base import Encoder
-
-RANDOM_INIT_SUFFIX = "+random-init"
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """What identifies an encoder's features: library family, model, view(s) and random-init flag.
-
-    ``view`` holds one view name or several, comma-separated in the family's order (``image,concat``).
-    """
-
-    family: str
-    model: str
-    view: str
-    random_init: bool = False
-
-    @property
-    def views(self) -> tuple[str, ...]:
-        """The view names this spec extracts (one pass computes them all)."""
-        return tuple(self.view.split(","))
-
-    def __str__(self) -> str:
-        suffix = RANDOM_INIT_SUFFIX if self.random_init else ""
-        return f"{self.family}:{self.model}@{self.view}{suffix}"
-
-    @property
-    def slug(self) -> str:
-        """A directory-safe name: readable prefix plus a hash of the canonical name, so it is unique."""
-        readable = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(self)).strip("_")[:80]
-        return f"{readable}-{hashlib.sha256(str(self).encode()).hexdigest()[:10]}"
-
 
 @dataclass(frozen=True)
 class _Family:

@@ -26,7 +26,7 @@ from spatial_probing.encoders.base import (
     resolve_model_dir,
     seeded,
 )
-from spatial_probing.encoders.registry import EncoderSpec
+from spatial_probing.encoders.spec import EncoderSpec
 
 # The transformer module of a sentence-transformers directory lives at its root.
 _REQUIRED_FILES = (

@@ -32,19 +32,19 @@ from spatial_probing.probes import baselines, metrics, selection, sklearn_ref, s
 from spatial_probing.probes.baselines import Baseline, baseline_set
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.probes.mdl import Codelength, MDLOptions, online_codelength
+from spatial_probing.probes.results import (
+    IDENTITY_COLUMNS,
+    RESULT_COLUMNS,
+    entry_labels,
+    results_frame,
+    summary,
+)
 from spatial_probing.probes.stats import (
     SetOutputs,
     StatsOptions,
     codelength_table,
     comparisons_table,
     stats_table,
-)
-from spatial_probing.report.tables import (
-    IDENTITY_COLUMNS,
-    RESULT_COLUMNS,
-    entry_labels,
-    results_frame,
-    summary,
 )
 from spatial_probing.tasks.base import ProbeTask, Task
 from spatial_probing.tasks.control import ControlTask, Lexical
@@ -499,7 +499,7 @@ class LinearProbe(pl.LightningModule):
         return out.numpy()
 
     def credibility(self) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-        """stats.csv and comparisons.csv tables (``report.tables`` schema), or None without stats/mdl."""
+        """stats.csv and comparisons.csv tables (docs/credibility.md schema), or None without stats/mdl."""
         if self.stats is None and self.mdl is None:
             return None
         options = self.stats or StatsOptions()
@@ -545,7 +545,7 @@ class LinearProbe(pl.LightningModule):
         return out
 
     def results(self) -> pd.DataFrame:
-        """Every number of the fit as one tidy table (``report.tables.RESULT_COLUMNS``)."""
+        """Every number of the fit as one tidy table (``probes.results.RESULT_COLUMNS``)."""
         return results_frame(self.records)
 
 

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 
 from spatial_probing.data.relations import META_CATEGORIES, meta_category
 from spatial_probing.errors import SpatialProbingError
+from spatial_probing.probes.results import HEADLINE_METRIC
 from spatial_probing.report.run_files import RunFiles
-from spatial_probing.report.tables import HEADLINE_METRIC
 
 RELATION_TASK = "relation_type"
 #: Score of a guess that ignores the input, per metric (a prior-matching coin: both classes' F1 average 0.5).

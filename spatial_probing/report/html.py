@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spatial_probing.analysis.stats import headline
+from spatial_probing.encoders.spec import short_encoder
+from spatial_probing.probes.results import HEADLINE_METRIC, comparison_table, summary
 from spatial_probing.report.figures import ReportFigure
 from spatial_probing.report.run_files import RunFiles
-from spatial_probing.report.tables import HEADLINE_METRIC, comparison_table, short_encoder, summary
+from spatial_probing.report.tables import headline
 
 _SOLVER_COLUMNS = ("solver", "tol", "max_iter", "class_weight", "n_converged", "n_problems")
 _REPORT_LIBRARIES = ("spatial_probing", "matplotlib", "pandas", "numpy")
@@ -86,7 +87,7 @@ def _summary_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _analysis_table(stats: pd.DataFrame) -> pd.DataFrame:
-    """stats.csv's headline rows (`analysis.stats.headline`): one row per entry, one column per result."""
+    """stats.csv's headline rows (`report.tables.headline`): one row per entry, one column per result."""
     out = headline(stats).pivot_table(index="label", columns=["dataset", "what"], values="cell", aggfunc="first", sort=False)
     out.index.name = "encoder"
     out.columns = [f"{d}: {w}" for d, w in out.columns]

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from spatial_probing.errors import SpatialProbingError
-from spatial_probing.report.tables import IDENTITY_COLUMNS, entry_labels, probe_labels, results_frame
+from spatial_probing.probes.results import IDENTITY_COLUMNS, entry_labels, probe_labels, results_frame
 
 # text even when every cell is empty (an unset precision) or looks like a number (layer "3")
 _TEXT_COLUMNS = (*IDENTITY_COLUMNS, "target", "metric", "solver", "label_a", "label_b", "method", "level", "warning")

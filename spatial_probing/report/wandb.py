@@ -19,8 +19,8 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.loggers.logger import DummyExperiment
 from lightning.pytorch.utilities import rank_zero_warn
 
+from spatial_probing.probes.results import comparison_table, summary
 from spatial_probing.report.html import meta_category_table
-from spatial_probing.report.tables import comparison_table, summary
 
 if TYPE_CHECKING:
     from spatial_probing.report.build import WrittenReport

@@ -1,7 +1,6 @@
-"""stats.csv rows (SCHEMA.md) and the seeded percentile bootstrap the analyses use for their CIs.
+"""stats.csv rows (SCHEMA.md): the analyses' per-item scores with their percentile bootstrap CIs.
 
-The credibility issue's shared statistics module had not landed on main when this package was written,
-so the analyses carry this one small bootstrap (per-item scores resampled with replacement).
+The CI is `spatial_probing.resampling.interval` over the items (one level, resampled with replacement).
 """
 
 from __future__ import annotations
@@ -12,28 +11,13 @@ import numpy as np
 import pandas as pd
 
 from spatial_probing.io import atomic_path
-from spatial_probing.probes.stats import percentile_interval
+from spatial_probing.resampling import interval
 
 STATS_COLUMNS = ("dataset", "entry", "encoder", "view", "layer", "task", "target", "metric", "estimate",
                  "ci_low", "ci_high", "level", "method")
 N_BOOT = 1000
 LEVEL = 0.95
 BOOT_METHOD = f"bootstrap-percentile-{N_BOOT}"
-
-
-def bootstrap_mean(scores: np.ndarray, seed: int = 0, n_boot: int = N_BOOT, level: float = LEVEL
-                   ) -> tuple[float, float, float]:
-    """Mean of per-item ``scores`` and its percentile-bootstrap CI (items resampled with replacement)."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if scores.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    for start in range(0, n_boot, 100):  # blocks of resamples keep memory at 100 x n
-        stop = min(n_boot, start + 100)
-        means[start:stop] = scores[rng.integers(0, scores.size, size=(stop - start, scores.size))].mean(axis=1)
-    low, high = percentile_interval(means, level)
-    return float(scores.mean()), float(low), float(high)
 
 
 def stat_row(identity: dict, task: str, target: str, metric: str, scores: np.ndarray | float,
@@ -43,7 +27,7 @@ def stat_row(identity: dict, task: str, target: str, metric: str, scores: np.nda
         estimate, low, high, level = float(scores), float("nan"), float("nan"), float("nan")
         method = method or "point"
     else:
-        (estimate, low, high), level = bootstrap_mean(np.asarray(scores), seed), LEVEL
+        (estimate, low, high), level = interval(np.ravel(scores), N_BOOT, LEVEL, seed), LEVEL
         method = method or BOOT_METHOD
     return {**{k: identity.get(k, "") for k in ("dataset", "entry", "encoder", "view", "layer")},
             "task": task, "target": target, "metric": metric, "estimate": estimate, "ci_low": low,

@@ -4,7 +4,8 @@ Everything here reuses the per-row out-of-fold predictions a `LinearProbe` keeps
 so no probe is refitted. A score is the fold mean of a per-fold metric (as in results.csv); a
 resample reweights rows, so each of its confusion counts is one weighted sum:
 ``counts[b] = weights[b] @ indicators`` with ``indicators [n, F*T*4]`` (tp, fp, tn, fn per fold and
-target). ``B`` resamples are one matrix product.
+target). ``B`` resamples are one matrix product. The draws, their seeding and the percentile interval
+are `spatial_probing.resampling`'s (`resample_weights`, `swap_draws`, `percentile_interval`).
 
 * Bootstrap CI per target (percentile, level configurable): rows, or whole groups (images),
   drawn with replacement; seeded, so the same config gives the same numbers.
@@ -31,6 +32,7 @@ import torch
 
 from spatial_probing.data.relations import is_known_relation, meta_category
 from spatial_probing.probes.metrics import METRICS, count_metrics
+from spatial_probing.resampling import percentile_interval, resample_weights, swap_draws
 
 RANDOM_INIT_SUFFIX = "+random-init"
 CONTROL_SUFFIX = "/control"
@@ -140,23 +142,6 @@ def scores(counts: torch.Tensor, n_folds: int, n_targets: int) -> dict[str, torc
     return {name: v.mean(-2) for name, v in per_fold.items()}
 
 
-def resample_weights(groups: np.ndarray, unit: str, resamples: int, seed: int) -> torch.Tensor:
-    """``[B, n]`` float32 bootstrap weights: how often each row's unit (row or group) was drawn."""
-    units = np.unique(groups, return_inverse=True)[1] if unit == "group" else np.arange(len(groups))
-    n_units = int(units.max()) + 1 if len(units) else 0
-    rng = np.random.default_rng(seed)
-    drawn = rng.multinomial(n_units, np.full(n_units, 1.0 / n_units), size=resamples)
-    return torch.from_numpy(drawn[:, units].astype(np.float32))
-
-
-def swap_draws(groups: np.ndarray, unit: str, permutations: int, seed: int) -> torch.Tensor:
-    """``[P, n]`` float32 0/1: which rows swap their two predictions in each permutation (whole units)."""
-    units = np.unique(groups, return_inverse=True)[1] if unit == "group" else np.arange(len(groups))
-    rng = np.random.default_rng([seed, 1])
-    flips = rng.integers(0, 2, size=(permutations, int(units.max()) + 1 if len(units) else 0))
-    return torch.from_numpy(flips[:, units].astype(np.float32))
-
-
 def holm(p_values: np.ndarray) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
     p = np.asarray(p_values, dtype=float)
@@ -166,14 +151,6 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     out = np.empty(m)
     out[order] = adjusted
     return out
-
-
-def percentile_interval(draws: torch.Tensor | np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """The percentile bootstrap interval at ``level`` of ``draws`` (one resample per row, axis 0): the one
-    interval step of every bootstrap in the project (probes, analyses, the grounding study)."""
-    draws = draws.double().numpy() if isinstance(draws, torch.Tensor) else np.asarray(draws, dtype=np.float64)
-    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
-    return lo, hi
 
 
 def aggregate_weights(targets: list[str], y: np.ndarray, weighting: str) -> dict[str, np.ndarray]:
@@ -225,7 +202,7 @@ class Bootstrap:
         key = out.rows.tobytes()
         if key not in self._cache:
             o = self.options
-            self._cache[key] = resample_weights(out.groups, o.unit, o.resamples, o.seed)
+            self._cache[key] = torch.from_numpy(resample_weights(out.groups, o.unit, o.resamples, o.seed))
         return self._cache[key]
 
     def draws(self, out: SetOutputs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -292,9 +269,9 @@ def paired_test(a: SetOutputs, b: SetOutputs, options: StatsOptions) -> pd.DataF
     F, T = a.test.shape[0], a.y.shape[1]
     ia, ib = a.indicators(), b.indicators()
     observed = scores(ia.sum(0), F, T)[metric] - scores(ib.sum(0), F, T)[metric]
-    w = resample_weights(a.groups, options.unit, options.resamples, options.seed)
+    w = torch.from_numpy(resample_weights(a.groups, options.unit, options.resamples, options.seed))
     boot = scores(w @ ia, F, T)[metric] - scores(w @ ib, F, T)[metric]  # [B, T]
-    swap = swap_draws(a.groups, options.unit, options.permutations, options.seed) @ (ib - ia)
+    swap = torch.from_numpy(swap_draws(a.groups, options.unit, options.permutations, options.seed)) @ (ib - ia)
     base_a, base_b = ia.sum(0), ib.sum(0)
     perm = scores(base_a + swap, F, T)[metric] - scores(base_b - swap, F, T)[metric]  # [P, T]
     observed = torch.cat([observed, observed.mean()[None]])

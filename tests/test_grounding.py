@@ -22,7 +22,7 @@ from spatial_probing.grounding.cli import build_cli, train
 from spatial_probing.grounding.datamodule import training_tensors
 from spatial_probing.grounding.image import ImageEncoder, to_pixels
 from spatial_probing.grounding.objectives import Contrastive, _soft_cross_entropy
-from spatial_probing.grounding.study import write_probe_scenes
+from spatial_probing.studies.grounding import write_probe_scenes
 from spatial_probing.grounding.text import VOCAB, Tokenizer
 from spatial_probing.grounding.towers import (
     ImageTower,

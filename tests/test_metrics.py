@@ -11,7 +11,8 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from spatial_probing.probes.folds import fold_masks, inner_folds, target_folds
 from spatial_probing.probes.metrics import METRICS, binary_metrics, confusion, fit_metrics
 from spatial_probing.probes.selection import select_C
-from spatial_probing.probes.solver import fit_logreg, predict
+from spatial_probing.probes.solver import fit_logreg
+from spatial_probing.probes.solver.predict import predict
 
 
 def _case(seed=0, F=3, C=2, n=150, T=4):

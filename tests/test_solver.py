@@ -9,14 +9,8 @@ from sklearn.linear_model import LogisticRegression
 
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.probes.sklearn_ref import fit_sklearn
-from spatial_probing.probes.solver import (
-    bf16_supported,
-    decision_function,
-    fit_logreg,
-    predict,
-    predict_proba,
-    scaled_gradient_max,
-)
+from spatial_probing.probes.solver import bf16_supported, fit_logreg, scaled_gradient_max
+from spatial_probing.probes.solver.predict import decision_function, predict, predict_proba
 
 CS = (0.01, 1.0, 100.0)
 
@@ -185,7 +179,7 @@ def test_one_class_problem_is_an_error():
 def test_preconditioner_keeps_the_diagonal_where_a_scaled_block_lost_definiteness():
     from types import SimpleNamespace
 
-    from spatial_probing.probes.solver import _Preconditioner
+    from spatial_probing.probes.solver.preconditioner import Preconditioner
 
     d, k, P = 6, 3, 2
     basis = SimpleNamespace(lam=torch.linspace(3.0, 1.0, d, dtype=torch.float64), n_rows=10)
@@ -193,7 +187,7 @@ def test_preconditioner_keeps_the_diagonal_where_a_scaled_block_lost_definitenes
     Cq, c, h = torch.ones(P, dtype=torch.float64), torch.zeros(d, P, dtype=torch.float64), torch.ones(P, dtype=torch.float64)
     lead = torch.eye(k, dtype=torch.float64)[:, :, None].repeat(1, 1, P)
     lead[0, 0, 1] = -5.0  # problem 1's block is indefinite once scaled (rounding does this to tiny MDL blocks)
-    pre = _Preconditioner(basis, D, Cq, c, h, lead, torch.full((P,), 10.0, dtype=torch.float64))
+    pre = Preconditioner(basis, D, Cq, c, h, lead, torch.full((P,), 10.0, dtype=torch.float64))
     r = torch.ones(d, P, dtype=torch.float64)
     z = pre(r, torch.arange(P))
     assert torch.allclose(z[-k:, 1], r[-k:, 1] / pre.diag[-k:, 1])  # the fallback: the diagonal
@@ -218,13 +212,13 @@ def test_badly_conditioned_problem_gets_longer_cg_runs_and_few_newton_steps():
 def test_directions_the_rows_do_not_vary_in_are_dropped_and_the_answer_is_unchanged():
     """Identical columns (n-grams that always occur together) leave null directions: solved without them,
     the weights still match scikit-learn's (which splits the weight equally over identical columns)."""
-    from spatial_probing.probes.solver import _Basis
+    from spatial_probing.probes.solver.basis import Basis
 
     rng = np.random.default_rng(1)
     core = (rng.random((400, 12)) < 0.3).astype(np.float64)
     X = np.concatenate([core, core[:, :3], np.ones((400, 1))], axis=1)  # 3 duplicated columns, 1 constant
     y = ((core @ rng.standard_normal(12)) > 0.2).astype(np.int8)[:, None]
-    basis = _Basis.build(X, torch.ones(400, dtype=torch.bool), torch.float64)
+    basis = Basis.build(X, torch.ones(400, dtype=torch.bool), torch.float64)
     assert basis.Z.shape[1] == 12 and basis.V.shape == (16, 12)
     fit = fit_logreg(X, y, np.ones((1, 400, 1), bool), [10.0], tol=1e-10)
     ref = LogisticRegression(C=10.0, tol=1e-12, max_iter=10000).fit(X, y[:, 0])

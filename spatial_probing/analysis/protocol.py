@@ -15,7 +15,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from spatial_probing.probes.solver import LogRegFit, decision_function, fit_logreg
+from spatial_probing.probes.solver import LogRegFit, fit_logreg
+from spatial_probing.probes.solver.predict import decision_function
 
 Combine = Literal["concat", "product", "absdiff", "outer"]
 DEFAULT_CS = (0.01, 0.1, 1.0, 10.0, 100.0)

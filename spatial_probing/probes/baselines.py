@@ -24,7 +24,8 @@ from sklearn.feature_extraction.text import CountVectorizer
 
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.features.store import FeatureEntry, FeatureSet
-from spatial_probing.probes.solver import ArrayLike, LogRegFit
+from spatial_probing.probes.solver import LogRegFit
+from spatial_probing.probes.solver.basis import ArrayLike
 
 Baseline = Literal["majority", "ngrams", "ngrams-masked"]
 BASELINES: tuple[str, ...] = ("majority", "ngrams", "ngrams-masked")

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spatial_probing.probes.solver import ArrayLike, decision_function, fit_logreg
+from spatial_probing.probes.solver import fit_logreg
+from spatial_probing.probes.solver.basis import ArrayLike
+from spatial_probing.probes.solver.predict import decision_function
 
 FRACTIONS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.25, 12.5, 25.0, 50.0, 100.0)
 

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_stat_scores
 
-from spatial_probing.probes.solver import ArrayLike, LogRegFit, predict
+from spatial_probing.probes.solver import LogRegFit
+from spatial_probing.probes.solver.basis import ArrayLike
+from spatial_probing.probes.solver.predict import predict
 
 METRICS = ("f1_macro", "f1_pos", "accuracy", "balanced_accuracy")
 

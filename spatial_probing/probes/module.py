@@ -39,6 +39,7 @@ from spatial_probing.probes.results import (
     results_frame,
     summary,
 )
+from spatial_probing.probes.solver.predict import decision_function
 from spatial_probing.probes.stats import (
     SetOutputs,
     StatsOptions,
@@ -492,7 +493,7 @@ class LinearProbe(pl.LightningModule):
         chosen = self._chosen.get(batch["index"])
         out = torch.full(test.shape[1:], float("nan"), dtype=torch.float64)
         for f in range(test.shape[0]):
-            dec = solver.decision_function(batch["x"], metrics.fold(fit, f))[0].cpu()  # [C, n, T]
+            dec = decision_function(batch["x"], metrics.fold(fit, f))[0].cpu()  # [C, n, T]
             pick = chosen[f].cpu() if chosen is not None else torch.zeros(dec.shape[-1], dtype=torch.int64)
             dec = dec.gather(0, pick.expand(1, dec.shape[1], -1))[0]
             out = torch.where(test[f], dec, out)

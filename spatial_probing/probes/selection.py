@@ -14,7 +14,8 @@ import torch
 
 from spatial_probing.probes.folds import inner_folds
 from spatial_probing.probes.metrics import fit_metrics, folds
-from spatial_probing.probes.solver import ArrayLike, LogRegFit, fit_logreg
+from spatial_probing.probes.solver import LogRegFit, fit_logreg
+from spatial_probing.probes.solver.basis import ArrayLike
 
 
 @dataclass

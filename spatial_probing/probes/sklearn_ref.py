@@ -23,7 +23,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from spatial_probing.probes.solver import ArrayLike, LogRegFit, scaled_gradient_max
+from spatial_probing.probes.solver import LogRegFit, scaled_gradient_max
+from spatial_probing.probes.solver.basis import ArrayLike
 
 
 def fit_sklearn(

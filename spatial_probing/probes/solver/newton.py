@@ -1,0 +1,296 @@
+"""Truncated Newton-CG over a streaming working set of problems (the solver's inner loop).
+
+Per problem: a few preconditioned CG steps on the Newton system with the intercept eliminated, a
+backtracking line search, an exact Newton step on the intercept alone; converged problems leave the
+working set and queued ones enter (`solve`). Warm starts (`Init`) come from the union anchors
+(`anchor_bank`) or from solved parent folds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from spatial_probing.probes.solver.basis import Basis
+from spatial_probing.probes.solver.objective import Problems, Solved, loss, loss_derivatives, loss_slope
+from spatial_probing.probes.solver.preconditioner import LEAD, Preconditioner, lead_blocks
+
+
+@dataclass
+class _Active:
+    """State of the problems being iterated (float64 unless noted); the last axis is the problem."""
+
+    ids: torch.Tensor  # [A] index into the flat problem order
+    W: torch.Tensor  # [d, A] rotated weights
+    b: torch.Tensor  # [A]
+    m: torch.Tensor  # [u, A] margins Z W + b
+    ap: torch.Tensor  # [u, A] weight of the positive rows
+    an: torch.Tensor  # [u, A] weight of the negative rows
+    a: torch.Tensor  # [u, A] ap + an
+    C: torch.Tensor  # [A]
+    scale: torch.Tensor  # [A] C * sum of weights: scikit-learn's loss scaling
+    steps: torch.Tensor  # [A] Newton steps taken
+    lead: torch.Tensor  # [k, k, A] HVP dtype: leading curvature block (see Preconditioner)
+    lead_dsum: torch.Tensor  # [A] HVP dtype: sum(D) it was taken at; 0 = none (cold start)
+    exact: torch.Tensor  # [A] bool: gradients and margin updates in float64 (see `solve`)
+    gprev: torch.Tensor  # [A] scaled gradient max at the previous step (inf at the start)
+
+    FIELDS = ("ids", "W", "b", "m", "ap", "an", "a", "C", "scale", "steps", "lead", "lead_dsum", "exact", "gprev")
+
+    def select(self, keep: torch.Tensor) -> _Active:
+        return _Active(*(getattr(self, k)[..., keep] for k in self.FIELDS))
+
+    def join(self, other: _Active) -> _Active:
+        return _Active(*(torch.cat([getattr(self, k), getattr(other, k)], -1) for k in self.FIELDS))
+
+
+@dataclass
+class Init:
+    """Warm starts: from the union anchors (``*_a``, by ``anchor_key``) or from solved folds
+    (``*_f``, by ``parent_key``, -1 for none); leading blocks always from the anchors."""
+
+    W_a: torch.Tensor  # [d, nC * T]
+    b_a: torch.Tensor  # [nC * T]
+    lead: torch.Tensor  # [k, k, nC * T]
+    lead_dsum: torch.Tensor  # [nC * T]
+    W_f: torch.Tensor  # [d, F * nC * T]
+    b_f: torch.Tensor  # [F * nC * T]
+    anchor_key: torch.Tensor  # [N]
+    parent_key: torch.Tensor  # [N]
+
+
+def anchor_bank(basis: Basis, union: Problems, anchor: Solved) -> dict[str, torch.Tensor]:
+    """Anchor weights and the leading curvature blocks at them, for `Init`."""
+    d = basis.Z.shape[1]
+    W_a, b_a = anchor.Wrot.reshape(-1, d).T, anchor.brot.reshape(-1)
+    ap, an = union.weights(torch.arange(len(union), device=W_a.device))
+    _, D = loss_derivatives(basis.mm64(W_a) + b_a, ap, ap + an)
+    D = D.to(basis.vec_dtype)
+    return {"W_a": W_a, "b_a": b_a, "lead": lead_blocks(basis, D, min(LEAD, d)), "lead_dsum": D.sum(0)}
+
+
+def solve(basis: Basis, problems: Problems, init, tol: float, max_iter: int, capacity: int) -> Solved:
+    """Truncated Newton on every problem, ``capacity`` at a time, streaming.
+
+    Converged problems leave the working set and queued ones take their place, so GEMMs keep
+    their width until the queue is empty instead of a chunk idling on its slowest problem.
+    ``init`` is None (cold starts) or an `Init`.
+
+    Precision: with Z in float32, gradients and margin updates are float32 GEMMs accumulated
+    into float64 margins. For tolerances below 1e-7 a problem whose gradient passes the test, or
+    stops falling (float32's rounding floor), is then certified in float64: its margins are recomputed
+    and its gradient retaken from Z's values upcast; if that fails it continues with float64
+    products (``exact``) from there.
+    """
+    u, d = basis.Z.shape
+    N, dev = len(problems), basis.Z.device
+    # Below 1e-7 the test itself needs float64 products (float32 rounding of a sum over rows).
+    certify = tol < 1e-7 and basis.Z.dtype != torch.float64
+    out_W = torch.zeros(d, N, dtype=torch.float64, device=dev)
+    out_b = torch.zeros(N, dtype=torch.float64, device=dev)
+    n_iter = torch.zeros(N, dtype=torch.int64, device=dev)
+    converged = torch.zeros(N, dtype=torch.bool, device=dev)
+    grad_max = torch.full((N,), float("inf"), dtype=torch.float64, device=dev)
+    state, queued = None, 0
+    while True:
+        room = capacity - (0 if state is None else len(state.ids))
+        if queued < N and room >= min(capacity // 4, N - queued):
+            new = _start(basis, problems, torch.arange(queued, min(N, queued + room), device=dev), init)
+            queued += len(new.ids)
+            state = new if state is None else state.join(new)
+        if state is None:
+            break
+        r, D, gw, gb, gmax = _gradient(basis, state)
+        if certify:
+            # A Newton step cuts the gradient by far more than 4x; where the float32 one stops
+            # falling it has met its rounding floor (W + C Z^T r, two terms ~|W| that cancel).
+            check = ((gmax <= tol) | (gmax > 0.25 * state.gprev)) & ~state.exact
+            if bool(check.any()):
+                state.exact |= check
+                cols = torch.nonzero(check).squeeze(1)
+                state.m[:, cols] = basis.mm64(state.W[:, cols]) + state.b[cols]
+                r[:, cols], D[:, cols], gw[:, cols], gb[cols], gmax[cols] = _gradient(basis, state, cols)
+        ids = state.ids
+        state.gprev = gmax
+        out_W[:, ids], out_b[ids], n_iter[ids], grad_max[ids] = state.W, state.b, state.steps, gmax
+        ok = gmax <= tol
+        converged[ids[ok]] = True
+        done = ok | (state.steps >= max_iter)
+        if bool(done.any()):
+            keep = ~done
+            state, D, gw, gb, gmax = state.select(keep), D[:, keep], gw[:, keep], gb[keep], gmax[keep]
+            if not len(state.ids):
+                state = None
+                continue
+        # The last steps need only tol / |g| of relative residual, not the quadratic-rate sqrt(|g|).
+        gnorm = torch.sqrt((gw * gw).sum(0) + gb * gb)
+        eta = torch.clamp(torch.maximum(torch.sqrt(gmax), 0.5 * tol * state.scale / gnorm), max=0.1)
+        sw_, sb_, zs = _pcg(basis, D.to(basis.vec_dtype), state, gw, gb, eta)
+        del D
+        if zs is None:  # CG's products were bfloat16: the step's margins at Z's precision
+            zs = basis.mm(sw_) + sb_
+        if bool(state.exact.any()):  # margins of the step in float64, so they never drift from Z W + b
+            cols = torch.nonzero(state.exact).squeeze(1)
+            zs[:, cols] = basis.mm64(sw_[:, cols]) + sb_[cols]
+        _line_search(state, sw_, sb_, zs, gw, gb)
+        _polish_intercept(state)
+        state.steps += 1
+    return problems.solved(out_W, out_b, n_iter, converged, grad_max)
+
+
+def _gradient(basis: Basis, state: _Active, cols: torch.Tensor | None = None):
+    """Loss derivatives ``r, D [u, P]``, gradient ``gw [d, P], gb [P]`` and scaled max ``[P]`` of
+    the problems ``cols`` (all: None); float64 products where the problem is ``exact``."""
+    sel = slice(None) if cols is None else cols
+    W, m, C, exact = state.W[:, sel], state.m[:, sel], state.C[sel], state.exact[sel]
+    r, D = loss_derivatives(m, state.ap[:, sel], state.a[:, sel])
+    if bool(exact.all()):
+        zr = basis.tmm64(r)
+    else:
+        zr = basis.tmm(r)
+        if bool(exact.any()):
+            zr[:, exact] = basis.tmm64(r[:, exact])
+    gw = W + C * zr
+    gb = C * r.sum(0)
+    return r, D, gw, gb, _orig_grad_max(basis, gw, gb) / state.scale[sel]
+
+
+def _start(basis: Basis, problems: Problems, idx: torch.Tensor, init: Init | None) -> _Active:
+    """Working state of newly admitted problems: weights, and a cold or warm start."""
+    ap, an = problems.weights(idx)
+    C = problems.C[idx]
+    a = ap + an
+    dev, dt, k = ap.device, basis.vec_dtype, min(LEAD, basis.Z.shape[1])
+    if init is None:
+        W = torch.zeros(basis.Z.shape[1], len(idx), dtype=torch.float64, device=dev)
+        # The intercept's optimum at w = 0 (features are centred): the weighted log-odds. Starting
+        # there puts the curvature of rare positives at the right scale.
+        b = torch.log(ap.sum(0) / an.sum(0))
+        m = b.expand_as(ap).clone()
+        lead = torch.zeros(k, k, len(idx), dtype=dt, device=dev)
+        lead_dsum = torch.zeros(len(idx), dtype=dt, device=dev)
+    else:
+        ka, kp = init.anchor_key[idx], init.parent_key[idx]
+        W, b = init.W_a[:, ka].clone(), init.b_a[ka].clone()
+        child = kp >= 0
+        W[:, child], b[child] = init.W_f[:, kp[child]], init.b_f[kp[child]]
+        m = basis.mm(W) + b
+        lead, lead_dsum = init.lead[..., ka], init.lead_dsum[ka]
+    steps = torch.zeros(len(idx), dtype=torch.int64, device=dev)
+    exact = torch.full((len(idx),), basis.Z.dtype == torch.float64, device=dev)
+    gprev = torch.full((len(idx),), float("inf"), dtype=torch.float64, device=dev)
+    return _Active(idx, W, b, m, ap, an, a, C, C * a.sum(0), steps, lead, lead_dsum, exact, gprev)
+
+
+def _orig_grad_max(basis: Basis, gw: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
+    """Max abs gradient in the original coordinates: d/dw = V g_u + mu g_b, d/db = g_b."""
+    g = basis.V @ gw + basis.mu[:, None] * gb
+    return torch.maximum(g.abs().amax(0), gb.abs())
+
+
+def _pcg(basis: Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow: int = 24, slow_after: int = 3):
+    """Per-problem preconditioned CG on the Newton system with the intercept eliminated.
+
+    The Hessian is ``[[A, c], [c^T, h]]`` with ``A = I + C Z^T D Z``, ``c = C Z^T D 1`` and
+    ``h = C sum(D)``; CG runs on the Schur complement ``A - c c^T / h`` with its vectors in Z's
+    dtype and its products at HVP precision (`Basis.hz`), and the intercept step follows
+    exactly. Problems whose residual is small enough drop out of the GEMMs (a few slow problems
+    would otherwise keep every column iterating). A problem gets ``cg_max`` iterations per Newton
+    step, ``cg_slow`` once it has taken ``slow_after`` steps: a problem still going by then is badly
+    conditioned (large C on nearly separable, duplicated rows such as the masked n-gram baseline),
+    where short CG runs give poor directions and Newton crawls (60+ steps at C = 1e4 with 6 iterations,
+    12 with 24). Returns the float64 step and ``Z s_w + s_b``,
+    accumulated from CG's products (so it costs no GEMM) when they are in Z's precision, else
+    None (bfloat16 products would put their rounding into the margins).
+    """
+    dt = basis.vec_dtype
+    Cq = state.C.to(dt)
+    h = Cq * D.sum(0)
+    c = Cq * basis.htz(D)
+    precond = Preconditioner(basis, D, Cq, c, h, state.lead, state.lead_dsum)
+    x = torch.zeros_like(c)
+    zx = torch.zeros_like(D) if basis.Zh is basis.Z else None
+    r = (-gw + c.double() * (gb / h.double())).to(dt)
+    target = eta.to(dt) * torch.sqrt((r * r).sum(0))
+    idx = torch.arange(len(h), device=D.device)  # the problems still iterating
+    Da, ca, ha, Ca, ra = D, c, h, Cq, r
+    z = precond(ra, idx)
+    p = z
+    rz = (ra * z).sum(0)
+    budget = torch.where(state.steps >= slow_after, cg_slow, cg_max)
+    for it in range(int(budget.max())):
+        q = basis.hz(p)
+        Sp = p + Ca * basis.htz(Da * q) - ca * ((ca * p).sum(0) / ha)
+        alpha = rz / (p * Sp).sum(0)
+        x.index_add_(1, idx, alpha * p)
+        if zx is not None:
+            zx.index_add_(1, idx, alpha * q)
+        ra = ra - alpha * Sp
+        r[:, idx] = ra
+        going = (torch.sqrt((ra * ra).sum(0)) > target[idx]) & (budget[idx] > it + 1)
+        if not bool(going.all()):
+            if not bool(going.any()):
+                break
+            idx, p, rz, ra = idx[going], p[:, going], rz[going], ra[:, going]
+            Da, ca, ha, Ca = D[:, idx], c[:, idx], h[idx], Cq[idx]
+        z = precond(ra, idx)
+        rz_new = (ra * z).sum(0)
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    x = x.double()
+    xb = -(gb + (c.double() * x).sum(0)) / h.double()
+    return x, xb, None if zx is None else zx.double() + xb
+
+
+def _line_search(state: _Active, sw_, sb_, zs, gw, gb, c1: float = 1e-4, max_halvings: int = 30) -> None:
+    """Per-problem backtracking from the full Newton step; updates ``state`` in place.
+
+    A step is accepted when the objective's slope along the direction is still <= 0 there (the
+    problem is convex, so the objective decreased all the way), or on Armijo's sufficient
+    decrease. The slope test is what works near the optimum, where objective differences drown
+    in rounding but the slope, a sum of small terms, does not.
+    """
+    W, m, C = state.W, state.m, state.C
+    slope = (gw * sw_).sum(0) + gb * sb_
+    wsw, sws = (W * sw_).sum(0), (sw_ * sw_).sum(0)
+    t = torch.ones_like(gb)
+    pending = torch.ones_like(gb, dtype=torch.bool)
+    idx = torch.arange(len(t), device=t.device)  # problems still searching: only their columns are touched
+    base = torch.full_like(t, float("nan"))  # loss at t = 0, computed only where Armijo's test runs
+    for _ in range(max_halvings):
+        cols = slice(None) if len(idx) == len(t) else idx  # all columns: views, not copies
+        ap, a, zi, ti = state.ap[:, cols], state.a[:, cols], zs[:, cols], t[idx]
+        trial = torch.addcmul(m[:, cols], zi, ti)
+        slope_t = wsw[idx] + ti * sws[idx] + C[idx] * loss_slope(trial, ap, a).mul_(zi).sum(0)
+        up = slope_t > 0
+        if bool(up.any()):  # Armijo only where the slope test failed: the loss costs two softplus passes
+            j, tj = idx[up], ti[up]
+            new = j[torch.isnan(base[j])]
+            base[new] = loss(m[:, new], state.ap[:, new], state.an[:, new]).sum(0)
+            delta = tj * wsw[j] + 0.5 * tj * tj * sws[j] + C[j] * (
+                loss(trial[:, up], state.ap[:, j], state.an[:, j]).sum(0) - base[j]
+            )
+            up[up.clone()] = delta > c1 * tj * slope[j]
+        pending[idx] = up
+        idx = idx[up]
+        if not len(idx):
+            break
+        t[idx] *= 0.5
+    t = torch.where(pending, torch.zeros_like(t), t)  # no decrease at all: rounding floor, stay
+    state.W = W + t * sw_
+    state.b = state.b + t * sb_
+    m.addcmul_(zs, t)
+
+
+def _polish_intercept(state: _Active, steps: int = 1) -> None:
+    """A few exact 1-D Newton steps on the intercept alone (elementwise work only), in place.
+
+    Its gradient sums the margin changes of every row, so it is the component a Newton step
+    predicts worst; fixing it costs no GEMM.
+    """
+    for _ in range(steps):
+        r, D = loss_derivatives(state.m, state.ap, state.a)
+        step = -r.sum(0) / D.sum(0)
+        state.b = state.b + step
+        state.m += step

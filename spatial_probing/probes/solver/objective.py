@@ -1,0 +1,124 @@
+"""The problems of one fit: scikit-learn's weighted L2 logistic objective per (fold, C, target).
+
+Row weights (sample and ``balanced`` class weights, per problem on its own training rows), the
+per-row loss and its derivatives in the margin, and `Problems`: the flat order of the problems of a
+``[F, n, T]`` mask, whose weights are built on demand onto the basis's merged rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from spatial_probing.probes.solver.basis import ArrayLike, Basis, as_tensor
+
+
+def sample_weights(
+    sample_weight: ArrayLike | None, n: int, n_targets: int, dev: torch.device
+) -> torch.Tensor:
+    if sample_weight is None:
+        return torch.ones(n, n_targets, dtype=torch.float64, device=dev)
+    sw = as_tensor(sample_weight).to(dev, torch.float64)
+    return sw.reshape(n, 1).expand(n, n_targets) if sw.ndim == 1 else sw
+
+
+def label_weights(
+    Y: torch.Tensor,
+    mask: torch.Tensor,
+    sw: torch.Tensor,
+    class_weight: str | None,
+    t_idx: torch.Tensor,
+    f_idx: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``[n, P]`` float64 weights of positive rows and of negative rows (0 off the training rows).
+
+    ``mask [n, P]`` is each problem's training rows, ``t_idx [P]`` its target, ``f_idx`` its fold
+    (for error messages).
+    """
+    pos = Y[:, t_idx] > 0
+    a = sw[:, t_idx] * mask
+    w_pos = a * pos
+    w_neg = a - w_pos
+    n_pos, n_neg = w_pos.sum(0), w_neg.sum(0)
+    one_class = (n_pos <= 0) | (n_neg <= 0)
+    if bool(one_class.any()):
+        where = (
+            [(int(f), int(t)) for f, t in zip(f_idx[one_class], t_idx[one_class], strict=True)]
+            if f_idx is not None
+            else []
+        )
+        raise ValueError(
+            f"{int(one_class.sum())} problem(s) have training rows (of positive weight) of only one class"
+            + (f": (fold, target) {where[:10]}" if where else "")
+            + "; drop those targets or use fewer folds"
+        )
+    if class_weight == "balanced":
+        # scikit-learn: weight_k = sum(sw) / (2 * sum(sw of class k)) over the rows it is fitted on.
+        total = n_pos + n_neg
+        w_pos, w_neg = w_pos * (total / (2 * n_pos)), w_neg * (total / (2 * n_neg))
+    elif class_weight is not None:
+        raise ValueError(f"class_weight must be None or 'balanced', got {class_weight!r}")
+    return w_pos, w_neg
+
+
+def loss_derivatives(m, ap, a):
+    """First and second derivatives of the weighted loss in each margin: ``r, D [u, P]``.
+
+    ``ap`` is the positive rows' weight, ``a`` every row's (positive plus negative).
+    """
+    p = torch.sigmoid(m)
+    D = torch.addcmul(p, p, p, value=-1).mul_(a)
+    return p.mul_(a).sub_(ap), D
+
+
+def loss_slope(m, ap, a):
+    """First derivative of the weighted loss in each margin: ``r [u, P]``."""
+    return torch.sigmoid(m).mul_(a).sub_(ap)
+
+
+def loss(m, ap, an):
+    """Weighted logistic loss per row: ``ap log(1 + e^-m) + an log(1 + e^m)``."""
+    sp = torch.nn.functional.softplus
+    return sp(-m).mul_(ap).add_(sp(m).mul_(an))
+
+
+@dataclass
+class Solved:
+    Wrot: torch.Tensor  # [F, nC, T, d] float64, rotated coordinates
+    brot: torch.Tensor  # [F, nC, T] float64, intercept of the centred features
+    n_iter: torch.Tensor
+    converged: torch.Tensor
+    grad_max: torch.Tensor
+
+
+class Problems:
+    """The (fold, C, target) problems of a ``[F, n, T]`` mask, in a flat order, weights built on demand."""
+
+    def __init__(self, basis: Basis, Y, sw, class_weight, Cs: tuple[float, ...], mask: torch.Tensor):
+        self.basis, self.Y, self.sw, self.class_weight, self.mask = basis, Y, sw, class_weight, mask
+        self.shape = (mask.shape[0], len(Cs), mask.shape[2])
+        grids = torch.meshgrid(*(torch.arange(k, device=mask.device) for k in self.shape), indexing="ij")
+        self.f, self.c, self.t = (g.reshape(-1) for g in grids)
+        self.C = torch.tensor(Cs, dtype=torch.float64, device=mask.device)[self.c]
+
+    def __len__(self) -> int:
+        return self.f.numel()
+
+    def weights(self, idx: torch.Tensor, cols: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positive / negative row weights of problems ``idx`` summed onto Z's rows: ``[u, len(idx)]`` each.
+
+        Built ``cols`` problems at a time: the per-row ``[n, P]`` intermediates would otherwise be
+        the largest arrays of the whole solve.
+        """
+        parts = []
+        for j in range(0, len(idx), cols):
+            f, t = self.f[idx[j : j + cols]], self.t[idx[j : j + cols]]
+            w_pos, w_neg = label_weights(self.Y, self.mask[f, :, t].T, self.sw, self.class_weight, t, f)
+            parts.append((self.basis.merge(w_pos), self.basis.merge(w_neg)))
+        return torch.cat([p for p, _ in parts], 1), torch.cat([q for _, q in parts], 1)
+
+    def solved(self, W, b, n_iter, converged, grad_max) -> Solved:
+        """Results over the flat order (``W [d, N]``) reshaped to ``[F, nC, T, ...]``."""
+        return Solved(W.T.reshape(*self.shape, -1), b.reshape(self.shape), n_iter.reshape(self.shape),
+                       converged.reshape(self.shape), grad_max.reshape(self.shape))  # fmt: skip

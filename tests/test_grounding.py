@@ -270,3 +270,28 @@ def test_learning_curve_ends_at_the_studys_score_of_the_same_checkpoint(tmp_path
     items = analysis.structure_items(np.asarray(entry.features), entry.rows)
     for test in ("structure", "swap"):
         assert summary["history"][-1][f"probe/{test}"] == items[items.test == test].score.mean()
+
+
+def test_study_refuses_unknown_or_repeated_arms_and_seeds() -> None:
+    from spatial_probing.errors import SpatialProbingError
+    from spatial_probing.studies.grounding import check_arms, comparison_pairs
+
+    with pytest.raises(SpatialProbingError, match=r"no arm config \['clip'\].*valid arms: clip_onehot, clip_onehot_hn"):
+        check_arms(["mlm", "clip"], [0])
+    with pytest.raises(SpatialProbingError, match=r"--arms lists \['mlm'\] more than once"):
+        check_arms(["mlm", "text_pair", "mlm"], [0])
+    with pytest.raises(SpatialProbingError, match=r"--seeds lists \[1\] more than once"):
+        check_arms(["mlm"], [1, 1])
+    pairs = comparison_pairs(["mlm", "text_pair", "clip_onehot", "contrastive"])
+    assert pairs[:3] == [("mlm", "text_pair"), ("text_pair", "contrastive"), ("clip_onehot", "contrastive")]
+    assert ("mlm", "contrastive") in pairs and ("text_pair", "clip_onehot") in pairs
+    assert len({frozenset(p) for p in pairs}) == len(pairs) == 6  # every pair of the 4 arms once
+
+
+def test_image_view_of_an_arm_without_an_image_tower_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "ws"
+    _, summary = train(["--config", str(CONFIGS / "world_state.yaml"), "--out_dir", str(out),
+                        "--trainer.logger.init_args.save_dir", str(out), *TINY])
+    with pytest.raises(EncoderError, match="needs an image tower.*WorldStateTower"):
+        create_encoder(f"local:{summary['checkpoint']}@image")
+    assert create_encoder(f"local:{summary['checkpoint']}@text").dim == 64

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -295,3 +296,22 @@ def test_image_view_of_an_arm_without_an_image_tower_is_refused(tmp_path: Path) 
     with pytest.raises(EncoderError, match="needs an image tower.*WorldStateTower"):
         create_encoder(f"local:{summary['checkpoint']}@image")
     assert create_encoder(f"local:{summary['checkpoint']}@text").dim == 64
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--trainer.max_steps", "0"], "--trainer.max_steps must be at least 1"),
+    (["--data.batch_size", "200"], r"--data.batch_size 200 x 1 device\(s\) is larger than --data.n_train 96"),
+])
+def test_train_grounding_refuses_runs_that_cannot_train(tmp_path: Path, capsys, options: list[str], message: str) -> None:
+    code = cli_main(["train-grounding", "--config", str(CONFIGS / "mlm.yaml"), "--out_dir", str(tmp_path / "run"),
+                     "--trainer.logger", "false", *TINY, *options])
+    assert code == 2 and re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_train_grounding_refuses_an_out_dir_that_is_a_file(tmp_path: Path, capsys) -> None:
+    (tmp_path / "file").write_text("keep me")
+    code = cli_main(["train-grounding", "--config", str(CONFIGS / "mlm.yaml"), "--out_dir", str(tmp_path / "file"),
+                     "--trainer.logger", "false", *TINY])
+    assert code == 2 and "is a file, not a directory" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "keep me"

@@ -14,11 +14,13 @@ logger's files. The last point of the history is always the saved weights (a fin
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from spatial_probing.errors import DataError
 from spatial_probing.grounding.datamodule import GroundingDataModule
 from spatial_probing.grounding.module import GroundingModule
 from spatial_probing.io import atomic_write
@@ -49,17 +51,36 @@ def build_cli(args: list[str], run: bool = False) -> GroundingCLI:
     )
 
 
+def check_run(out: Path, max_steps: int, batch_size: int, n_train: int, devices: int) -> None:
+    """Refuse a run that could not train or write its directory, naming the option."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out_dir {out} is a file, not a directory")
+    if max_steps < 1:
+        raise DataError(f"--trainer.max_steps must be at least 1 (a run trains for a fixed number of steps), got {max_steps}")
+    if batch_size * devices > n_train:
+        raise DataError(f"--data.batch_size {batch_size} x {devices} device(s) is larger than --data.n_train {n_train}: "
+                        "no full batch to train on")
+
+
 def train(args: list[str]) -> tuple[GroundingModule, dict[str, Any]]:
-    """Train one arm; return the trained module and (also written to ``out_dir/summary.json``) what the run measured."""
+    """Train one arm; return the trained module and (also written to ``out_dir/summary.json``) what the run measured.
+
+    ``summary.json`` is written last: a directory without it is an unfinished run (``encoder.ckpt`` appears
+    whole or not at all: written beside, then renamed)."""
     cli = build_cli(args)
     out = Path(cli.config.out_dir)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    check_run(out, trainer.max_steps, data.batch_size, data.n_train, trainer.world_size)
     out.mkdir(parents=True, exist_ok=True)
-    trainer, model = cli.trainer, cli.model
-    trainer.fit(model, datamodule=cli.datamodule)
+    trainer.fit(model, datamodule=data)
     if not model.history or model.history[-1]["step"] != trainer.global_step:
-        trainer.validate(model, datamodule=cli.datamodule, verbose=False)  # the curve ends at the saved weights
+        trainer.validate(model, datamodule=data, verbose=False)  # the curve ends at the saved weights
     checkpoint = out / "encoder.ckpt"
-    trainer.save_checkpoint(checkpoint)  # every rank calls it; rank 0 writes
+    partial = out / "encoder.ckpt.partial"
+    # weights only: the `local:` adapter reads the weights and the architecture entry, nothing of the optimiser
+    trainer.save_checkpoint(partial, weights_only=True)  # every rank calls it (a barrier); rank 0 writes
+    if trainer.is_global_zero:
+        os.replace(partial, checkpoint)
     summary = {
         "objective": type(model.objective).__name__,
         "targets": getattr(model.objective, "targets", None),

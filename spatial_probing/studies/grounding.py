@@ -75,6 +75,9 @@ def train_runs(arms: list[str], seeds: list[int], out: Path, steps: int, extra: 
         for seed in seeds:
             run = out / "runs" / arm / f"seed{seed}"
             if not (run / "summary.json").is_file():
+                if run.exists():  # interrupted: training is deterministic under its seed, so a restart gives the same run
+                    print(f"[study] {arm} seed {seed}: {run} holds an unfinished run (no summary.json); "
+                          "training it again from step 0", flush=True)
                 args = ["train-grounding", "--config", str(CONFIGS / f"{arm}.yaml"), "--seed_everything", str(seed),
                         "--trainer.max_steps", str(steps), "--out_dir", str(run),
                         "--data.n_probe", str(n_probe), "--data.probe_seed", str(probe_seed),

@@ -116,7 +116,7 @@ def main() -> None:
         print(f"CPU bf16 instructions: {', '.join(found) if found else 'none (bf16 is emulated: expect no speed-up)'}")
 
     from spatial_probing.data.vsr import load_vsr
-    from spatial_probing.features.store import load_entry
+    from spatial_probing.features.entry import load_entry
 
     with tempfile.TemporaryDirectory() as work:
         vsr = subset_dir(args.vsr, args.limit, Path(work) / "vsr") if args.limit else args.vsr

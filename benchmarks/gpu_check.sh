@@ -17,7 +17,7 @@ for acc in gpu cpu; do
 done
 python - "$out" <<'PY'
 import sys, pathlib, numpy as np
-from spatial_probing.features.store import load_entry
+from spatial_probing.features.entry import load_entry
 out = pathlib.Path(sys.argv[1])
 (g,), (c,) = ([load_entry(p.parent) for p in (out / d).rglob("meta.json")] for d in ("gpu", "cpu"))
 fg, fc = np.asarray(g.features, np.float64), np.asarray(c.features, np.float64)

@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from spatial_probing.data.sources import load_rows
-    from spatial_probing.features.store import load_entry
+    from spatial_probing.features.entry import load_entry
 
     rows = load_rows("scenes", "train", None, args.scenes_per_relation, 0)
     print(f"encoder: {args.encoder}+random-init; scenes: {len(rows)} captions, {len(rows.unique_images()[0])} images")

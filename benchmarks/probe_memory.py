@@ -26,7 +26,9 @@ import numpy as np
 import torch
 
 from spatial_probing.data.rows import SpatialRows
-from spatial_probing.features.store import CacheKey, FeatureStore, load_entry
+from spatial_probing.features.entry import load_entry
+from spatial_probing.features.key import CacheKey
+from spatial_probing.features.store import FeatureStore
 from spatial_probing.probes.solver import fit_logreg
 
 GIB = 1024**3

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spatial_probing.features.store import load_entry
+from spatial_probing.features.entry import load_entry
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.probes.metrics import fit_metrics
 from spatial_probing.probes.selection import select_C

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from spatial_probing.data.rows import SpatialRows
-from spatial_probing.features.store import FORMAT_VERSION, seal_meta, sha256_file
+from spatial_probing.features.entry import seal_meta
+from spatial_probing.features.key import FORMAT_VERSION, sha256_file
 
 RELATIONS = ("left of", "above", "near")
 

@@ -12,7 +12,7 @@ import pytest
 
 from spatial_probing.cli import main
 from spatial_probing.errors import CacheError
-from spatial_probing.features.store import load_entry
+from spatial_probing.features.entry import load_entry
 
 REPO = Path(__file__).resolve().parents[1]
 SCENES = ["--data.dataset", "scenes", "--data.scenes_per_relation", "3", "--data.batch_size", "16"]

@@ -58,8 +58,10 @@ from spatial_probing.data.datamodule import SpatialDataModule
 from spatial_probing.encoders.module import FrozenEncoder
 from spatial_probing.errors import CacheError
 from spatial_probing.features import runs
+from spatial_probing.features.entry import load_entry
 from spatial_probing.features.extract import cache_key
-from spatial_probing.features.store import FORMAT_VERSION, FeatureStore, load_entry, sha256_file
+from spatial_probing.features.key import FORMAT_VERSION, sha256_file
+from spatial_probing.features.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = ["--config", str(REPO / "configs/trainer/cpu.yaml"), "--trainer.enable_progress_bar", "false"]

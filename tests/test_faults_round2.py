@@ -80,8 +80,10 @@ from spatial_probing.data.images import ImageLoadError, ImageSource
 from spatial_probing.data.vsr import load_vsr
 from spatial_probing.encoders.module import FrozenEncoder
 from spatial_probing.errors import CacheError
+from spatial_probing.features.entry import load_entry
 from spatial_probing.features.extract import cache_key
-from spatial_probing.features.store import FeatureStore, load_entry, make_key, sha256_file
+from spatial_probing.features.key import make_key, sha256_file
+from spatial_probing.features.store import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 

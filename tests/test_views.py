@@ -18,7 +18,7 @@ from spatial_probing.cli import main
 from spatial_probing.encoders import views
 from spatial_probing.encoders.registry import create_encoder, display_name, parse_encoder
 from spatial_probing.errors import CacheError, EncoderError
-from spatial_probing.features.store import load_entry
+from spatial_probing.features.entry import load_entry
 
 REPO = Path(__file__).resolve().parents[1]
 SCENES = ["--data.dataset", "scenes", "--data.scenes_per_relation", "2", "--data.batch_size", "8"]

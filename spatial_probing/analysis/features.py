@@ -24,7 +24,7 @@ from PIL import Image
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.encoders.spec import short_encoder
 from spatial_probing.errors import DataError, FeatureError
-from spatial_probing.features.store import FeatureSet, load_entry
+from spatial_probing.features.entry import FeatureSet, load_entry
 
 PIXEL_SIDE = 8
 _WORD = re.compile(r"[a-z0-9]+")

@@ -33,7 +33,7 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 
 def _add_cache_options(parser) -> None:
     """The extraction options beside trainer/model/data."""
-    from spatial_probing.features.store import STORAGE_DTYPES
+    from spatial_probing.features.key import STORAGE_DTYPES
 
     parser.add_argument("--feature_root", type=str, default="outputs/features",
                         help="Root directory of the feature cache.")

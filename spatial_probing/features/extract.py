@@ -19,7 +19,9 @@ from spatial_probing.encoders.base import Encoder
 from spatial_probing.encoders.module import FrozenEncoder
 from spatial_probing.encoders.registry import display_name
 from spatial_probing.encoders.views import family_view
-from spatial_probing.features.store import CacheKey, FeatureEntry, FeatureStore, make_key
+from spatial_probing.features.entry import FeatureEntry
+from spatial_probing.features.key import CacheKey, make_key
+from spatial_probing.features.store import FeatureStore
 from spatial_probing.features.writer import FeatureWriter
 
 # Batches are whole items of a planned dataset (batch_size=None), so Lightning cannot list per-row batch

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from spatial_probing import __version__
 from spatial_probing.data.sources import cache_root, load_rows
-from spatial_probing.features.store import FeatureEntry, FeatureStore, make_key
+from spatial_probing.features.entry import FeatureEntry
+from spatial_probing.features.key import make_key
+from spatial_probing.features.store import FeatureStore
 from spatial_probing.io import atomic_write
 
 #: Arguments that must always reach the full CLI.

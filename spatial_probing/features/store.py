@@ -1,15 +1,10 @@
-"""The feature cache: keys, per-batch shards, one atomic merge, checksummed entries read memory-mapped.
+"""The feature cache root: where entries and shards live, one lock per entry, per-batch shards, one atomic merge.
 
 Layout (CLIP_benchmark-style ``feature_root/<dataset>/<encoder>/``)::
 
-    <root>/<dataset>/<encoder slug>/<key>/          complete entry; meta.json is written last
-        parts/<part>.npy  valid.npy  rows.jsonl  failures.jsonl  meta.json
+    <root>/<dataset>/<encoder slug>/<key>/          complete entry (`features.entry`); meta.json is written last
     <root>/<dataset>/<encoder slug>/<key>.partial/  shards of an unfinished extraction (resume point)
-
-An entry holds the *parts* one extraction pass computed (``text``, ``image``, ``text-pooled``,
-``text@6``, ...; one row per dataset row, L2-normalised, NaN where the row's image failed). Its views
-are derived from the parts when read (``FeatureEntry.view`` / ``feature_sets``), by the one recipe in
-``spatial_probing.encoders.views``: text, image and concat of one encoder are one entry, not three.
+    <root>/<dataset>/<encoder slug>/<key>.lock      held while one extraction of the entry runs
 
 An entry directory only ever appears by ``os.rename`` of a fully written temp directory, and
 ``load_entry`` verifies the sha256 of every file against meta.json, so a killed run can never leave
@@ -20,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -29,168 +23,26 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from spatial_probing.data.rows import SpatialRows
-from spatial_probing.data.sources import cache_root
 from spatial_probing.encoders import views as view_recipes
-from spatial_probing.encoders.registry import adapter_code
 from spatial_probing.errors import CacheError
+from spatial_probing.features.entry import (
+    ENTRY_FILES,
+    PARTS_DIR,
+    FeatureEntry,
+    load_entry,
+    part_file,
+    seal_meta,
+)
+from spatial_probing.features.key import CacheKey, sha256_file
 from spatial_probing.io import atomic_path, atomic_write
 
-#: Bump when the on-disk layout or the meaning of a field changes; older entries are refused.
-#: 3: meta.json carries ``meta_sha256`` over all its other fields; the key has ``image_orientation``.
-FORMAT_VERSION = 3
-STORAGE_DTYPES = ("float32", "float16")
-_ENTRY_FILES = ("valid.npy", "rows.jsonl", "failures.jsonl")
-_PARTS_DIR = "parts"
 _LIBRARIES = ("spatial_probing", "torch", "lightning", "transformers", "open_clip_torch", "sentence-transformers")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, streamed so large feature files do not need to fit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    """sha256 of a file's content, memoised by (path, inode, size, mtime, ctime) so multi-GB weights are hashed once.
-
-    ctime is in the memo key because no user call can set it back: a file rewritten in place with its
-    size and mtime restored still gets a new ctime, so it is hashed again (docs/reliability.md).
-    """
-    stat = path.stat()
-    memo = cache_root() / "file-digests" / hashlib.sha256(
-        f"{path.resolve()}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}".encode()).hexdigest()
-    if memo.is_file():
-        return memo.read_text()
-    digest = sha256_file(path)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(memo, digest)
-    return digest
-
-
-def model_source_fingerprint(model: str) -> str | None:
-    """Content hash of a local model (directory or checkpoint file), or None for hub ids and tags.
-
-    A changed tokenizer config, preprocessing config or weight file in a local model must change the
-    cache key; weights are hashed once and memoised, so cache hits stay fast.
-    """
-    candidates = [Path(model).expanduser()]
-    if "/" in model:  # openclip "<arch>/<checkpoint path>"
-        candidates.append(Path(model.split("/", 1)[1]).expanduser())
-    for path in candidates:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        if path.exists():
-            digest = hashlib.sha256()
-            for file in files:
-                digest.update(f"{file.relative_to(path).as_posix() if path.is_dir() else file.name}:".encode())
-                digest.update(_file_digest(file).encode())
-            return digest.hexdigest()
-    return None
-
-
-@dataclass(frozen=True)
-class CacheKey:
-    """Everything that changes the numbers in an entry; its digest names the entry directory."""
-
-    encoder: str
-    view: str
-    dataset: str
-    fingerprint: str
-    dtype: str
-    precision: str
-    model_source: str | None = None
-    layers: str = view_recipes.FINAL
-    image_orientation: str = "stored"
-    adapter: str = ""  # the encoder family's adapter code version (registry.adapter_code)
-    format_version: int = FORMAT_VERSION
-
-    def as_dict(self) -> dict:
-        return {
-            "encoder": self.encoder,
-            "adapter": self.adapter,
-            "view": self.view,
-            "layers": self.layers,
-            "dataset": self.dataset,
-            "fingerprint": self.fingerprint,
-            "dtype": self.dtype,
-            "precision": self.precision,
-            "model_source": self.model_source,
-            "image_orientation": self.image_orientation,
-            "format_version": self.format_version,
-        }
-
-    @property
-    def digest(self) -> str:
-        canonical = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def make_key(encoder: str, view: str, model: str, rows: SpatialRows, dtype: str, precision: str,
-             layers: str = view_recipes.FINAL, image_orientation: str = "stored", uses_images: bool = False
-             ) -> CacheKey:
-    """The key of extracting ``rows`` with ``encoder`` (canonical spec string), computed without any weights.
-
-    ``view`` is the spec's (comma-separated) views, ``layers`` the requested layers (``final``, ``all``, ``0,6``).
-    ``image_orientation`` joins the key only when a view reads images (``uses_images``): text
-    features do not depend on it, so they keep one entry whatever it is set to.
-    """
-    if dtype not in STORAGE_DTYPES:
-        raise CacheError(f"--dtype {dtype!r} is not one of {', '.join(STORAGE_DTYPES)}")
-    return CacheKey(encoder=encoder, view=view, dataset=rows.name, fingerprint=rows.fingerprint, dtype=dtype,
-                    precision=precision, model_source=model_source_fingerprint(model), layers=layers,
-                    image_orientation=image_orientation if uses_images else "stored", adapter=adapter_code(encoder))
-
-
-def meta_digest(meta: dict) -> str:
-    """sha256 of every field of an entry's meta.json except ``meta_sha256`` itself (canonical JSON)."""
-    fields = {k: v for k, v in meta.items() if k != "meta_sha256"}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def read_meta(path: str | Path) -> dict:
-    """An entry's meta.json, checked for shape and against its own checksum; a CacheError names the fault.
-
-    The checksum covers every field (encoder, view, dataset, key, ...), so an edited label never
-    relabels results silently.
-    """
-    entry = Path(path)
-    meta_path = entry / "meta.json"
-    if not meta_path.is_file():
-        raise CacheError(f"{entry} is not a complete feature-cache entry (no meta.json); rerun the extraction")
-    fix = f"delete {entry} and rerun the extraction"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CacheError(f"{meta_path} is corrupt ({exc}); {fix}") from exc
-    if not isinstance(meta, dict) or not isinstance(meta.get("key"), dict):
-        raise CacheError(f"{meta_path} is not an entry's meta.json (expected a JSON object with a 'key'); {fix}")
-    version = meta["key"].get("format_version")
-    if version != FORMAT_VERSION:
-        raise CacheError(
-            f"{entry} was written with cache format {version}, this version reads format {FORMAT_VERSION}; "
-            f"delete it (or use another --feature_root) and rerun the extraction"
-        )
-    if not isinstance(meta.get("sha256"), dict) or meta.get("meta_sha256") != meta_digest(meta):
-        raise CacheError(f"{meta_path} does not match its checksum (meta_sha256: a field was edited or "
-                         f"removed); {fix}")
-    return meta
-
-
-def seal_meta(meta: dict) -> dict:
-    """``meta`` with its ``meta_sha256`` set (the last step before meta.json is written)."""
-    return {**meta, "meta_sha256": meta_digest(meta)}
-
-
 #: errno values that mean "this cannot be written here" rather than a bug.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, None}
 _NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
@@ -232,136 +84,6 @@ def _encoder_dirname(encoder: str) -> str:
     if model.startswith(("/", "~", ".")):
         model = Path(model).name
     return _slug(f"{family}_{model}{at}{view}")
-
-
-def _part_file(name: str) -> str:
-    return f"{_PARTS_DIR}/{name}.npy"
-
-
-@dataclass
-class FeatureEntry:
-    """A complete cache entry: the stored parts (possibly memory-mapped) with their rows and provenance.
-
-    ``view(name, layer)`` derives one feature set from the parts; ``feature_sets()`` lists every
-    (view, layer) set the entry offers; ``features`` is the first one's features (the entry's own view).
-    """
-
-    path: Path
-    parts: dict[str, np.ndarray]
-    valid: np.ndarray  # rows whose image loaded (all rows when the entry has no image part)
-    rows: SpatialRows
-    meta: dict
-
-    @property
-    def failures(self) -> list[dict]:
-        return list(self.meta.get("failures", []))
-
-    @property
-    def recipes(self) -> dict[str, view_recipes.View]:
-        """The entry's views by name, as recorded at extraction (``meta["view_parts"]``), in order."""
-        return {name: view_recipes.View(name, tuple(parts), "") for name, parts in self.meta["view_parts"]}
-
-    @property
-    def views(self) -> tuple[str, ...]:
-        """The entry's view names, in the order they were requested."""
-        return tuple(self.recipes)
-
-    def view(self, name: str, layer: str | int = view_recipes.FINAL) -> FeatureSet:
-        """The features of view ``name`` at ``layer`` (``final`` or a layer number), derived from the parts."""
-        if (name, str(layer)) not in self.offered():
-            offered = ", ".join(f"{v}[{lay}]" for v, lay in self.offered())
-            raise CacheError(f"{self.path} has no view {name!r} at layer {layer} (it holds {offered})")
-        return FeatureSet(entry=self, view=name, layer=str(layer))
-
-    def offered(self) -> list[tuple[str, str]]:
-        """The (view, layer) pairs this entry offers, final layers first."""
-        return view_recipes.feature_sets(list(self.recipes.values()), self.parts)
-
-    def feature_sets(self) -> list[FeatureSet]:
-        """Every (view, layer) feature set of the entry: what the probes iterate."""
-        return [FeatureSet(entry=self, view=v, layer=layer) for v, layer in self.offered()]
-
-    @property
-    def features(self) -> np.ndarray:
-        """The final-layer features of the entry's first view."""
-        return self.feature_sets()[0].features
-
-    def describe(self) -> str:
-        """``<path> (<rows> rows: <view> <dim>, ...; <dtype>; <k> failed rows)``, as the CLI reports an entry."""
-        sets = self.feature_sets()
-        dims = ", ".join(f"{s.view} {s.dim}" for s in sets if s.layer == view_recipes.FINAL)
-        layers = [s.layer for s in sets if s.layer != view_recipes.FINAL]
-        depth = f"; layers {layers[0]}..{layers[-1]} and final" if layers else ""
-        return (f"{self.path} ({len(self.rows)} rows: {dims}{depth}; {self.meta['key']['dtype']}; "
-                f"{len(self.failures)} failed rows)")
-
-
-@dataclass
-class FeatureSet:
-    """One (view, layer) of an entry: what one probe set reads. Offers the entry's rows, valid mask and
-    provenance, with ``view`` and ``layer`` set in its ``meta``."""
-
-    entry: FeatureEntry
-    view: str
-    layer: str
-
-    @property
-    def _parts(self) -> list[np.ndarray]:
-        return [self.entry.parts[p] for p in self.entry.recipes[self.view].parts_at(self.layer)]
-
-    @property
-    def dim(self) -> int:
-        return sum(part.shape[1] for part in self._parts)
-
-    @cached_property
-    def features(self) -> np.ndarray:
-        """``[n_rows, dim]``: a one-part view is its stored (memory-mapped) part; others are combined in memory, once."""
-        parts = self._parts
-        return parts[0] if len(parts) == 1 else view_recipes.combine(parts)
-
-    @property
-    def path(self) -> Path:
-        return self.entry.path
-
-    @property
-    def rows(self) -> SpatialRows:
-        return self.entry.rows
-
-    @property
-    def _has_image(self) -> bool:
-        return "image" in self.entry.recipes[self.view].streams
-
-    @property
-    def valid(self) -> np.ndarray:
-        """Rows with features: a view with an image part loses the rows whose image failed, a text view none."""
-        return self.entry.valid if self._has_image else np.ones_like(self.entry.valid)
-
-    @property
-    def failures(self) -> list[dict]:
-        return self.entry.failures if self._has_image else []
-
-    @property
-    def meta(self) -> dict:
-        return {**self.entry.meta, "view": self.view, "layer": self.layer}
-
-
-def load_entry(path: str | Path, verify: bool = True, mmap: bool = True) -> FeatureEntry:
-    """Open a complete entry; refuse partial, corrupt or incompatible ones with a CacheError."""
-    path = Path(path)
-    meta = read_meta(path)
-    files = [*_ENTRY_FILES, *(_part_file(name) for name in meta.get("parts", {}))]
-    if verify:
-        for name in files:
-            expected = meta["sha256"].get(name)
-            if not (path / name).is_file() or sha256_file(path / name) != expected:
-                raise CacheError(f"{path / name} does not match the checksum in meta.json; delete {path} and rerun")
-    parts = {name: np.load(path / _part_file(name), mmap_mode="r" if mmap else None) for name in meta["parts"]}
-    valid = np.load(path / "valid.npy")
-    rows = SpatialRows.from_jsonl(path / "rows.jsonl")
-    for name, part in parts.items():
-        if part.ndim != 2 or part.shape[0] != len(rows) or valid.shape != (len(rows),):
-            raise CacheError(f"{path / _part_file(name)} has shape {part.shape} but rows.jsonl has {len(rows)} rows")
-    return FeatureEntry(path=path, parts=parts, valid=valid, rows=rows, meta=meta)
 
 
 class FeatureStore:
@@ -529,9 +251,9 @@ class FeatureStore:
         tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         with writing(final, cleanup=tmp):  # a full disk leaves no half-written temp entry behind
-            (tmp / _PARTS_DIR).mkdir(parents=True)
+            (tmp / PARTS_DIR).mkdir(parents=True)
             for name, values in parts.items():
-                np.save(tmp / _part_file(name), values)
+                np.save(tmp / part_file(name), values)
             np.save(tmp / "valid.npy", valid)
             rows.to_jsonl(tmp / "rows.jsonl")
             (tmp / "failures.jsonl").write_text("".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
@@ -542,7 +264,7 @@ class FeatureStore:
                 "parts": {name: int(values.shape[1]) for name, values in parts.items()},
                 "n_valid": int(valid.sum()),
                 "failures": failures,
-                "sha256": {name: sha256_file(tmp / name) for name in [*_ENTRY_FILES, *map(_part_file, parts)]},
+                "sha256": {name: sha256_file(tmp / name) for name in [*ENTRY_FILES, *map(part_file, parts)]},
                 "versions": _library_versions(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 **extra_meta,

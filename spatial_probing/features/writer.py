@@ -11,7 +11,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from spatial_probing import stop
 from spatial_probing.data.rows import SpatialRows
-from spatial_probing.features.store import CacheKey, FeatureEntry, FeatureStore
+from spatial_probing.features.entry import FeatureEntry
+from spatial_probing.features.key import CacheKey
+from spatial_probing.features.store import FeatureStore
 
 #: Progress lines in a non-interactive log: one per this fraction of the batches.
 _PROGRESS_STEP = 0.1

@@ -23,7 +23,7 @@ import torch
 from sklearn.feature_extraction.text import CountVectorizer
 
 from spatial_probing.data.rows import SpatialRows
-from spatial_probing.features.store import FeatureEntry, FeatureSet
+from spatial_probing.features.entry import FeatureEntry, FeatureSet
 from spatial_probing.probes.solver import LogRegFit
 from spatial_probing.probes.solver.basis import ArrayLike
 

@@ -27,7 +27,7 @@ from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 
 from spatial_probing.errors import ConfigError, FeatureError
-from spatial_probing.features.store import FeatureEntry, FeatureSet, load_entry, read_meta
+from spatial_probing.features.entry import FeatureEntry, FeatureSet, load_entry, read_meta
 from spatial_probing.probes import baselines, metrics, selection, sklearn_ref, solver
 from spatial_probing.probes.baselines import Baseline, baseline_set
 from spatial_probing.probes.folds import fold_masks, target_folds

@@ -16,7 +16,7 @@ from spatial_probing.encoders.registry import create_encoder
 from spatial_probing.encoders.views import combine
 from spatial_probing.errors import DataError, EncoderError
 from spatial_probing.features.store import load_entry
-from spatial_probing.grounding import analysis
+from spatial_probing.grounding import structure_scores as scores
 from spatial_probing.grounding import scenes as S
 from spatial_probing.grounding.arms import ARMS, CONFIGS, INGREDIENTS, available_arms
 from spatial_probing.grounding.cli import build_cli, train
@@ -178,7 +178,7 @@ def test_structure_scores_of_the_bag_of_words_baseline(tmp_path: Path) -> None:
     from spatial_probing.data.vsr import load_vsr
 
     rows = load_vsr(str(write_probe_scenes(tmp_path, 40, seed=2)), "test")
-    items = analysis.structure_items(bag_of_words(rows).x, rows)
+    items = scores.structure_items(bag_of_words(rows).x, rows)
     assert items[items.test == "structure"].score.eq(0.5).all()  # same words: an exact tie
     assert items[items.test == "swap"].score.eq(0.0).all()  # the swap shares the caption's relation word too
     assert len(items) == 80
@@ -268,7 +268,7 @@ def test_learning_curve_ends_at_the_studys_score_of_the_same_checkpoint(tmp_path
                      str(probe_dir), "--data.split", "test", "--feature_root", str(feature_root),
                      "--trainer.enable_progress_bar", "false"]) == 0
     entry = load_entry(next(feature_root.rglob("meta.json")).parent)
-    items = analysis.structure_items(np.asarray(entry.features), entry.rows)
+    items = scores.structure_items(np.asarray(entry.features), entry.rows)
     for test in ("structure", "swap"):
         assert summary["history"][-1][f"probe/{test}"] == items[items.test == test].score.mean()
 

@@ -21,7 +21,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from spatial_probing.errors import DataError
 from spatial_probing.grounding import scenes as S
-from spatial_probing.grounding.analysis import KINDS
+from spatial_probing.grounding.structure_scores import KINDS
 from spatial_probing.grounding.text import Tokenizer
 from spatial_probing.grounding.towers import SecondTower
 

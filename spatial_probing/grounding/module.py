@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 
 from spatial_probing.errors import DataError
-from spatial_probing.grounding.analysis import KINDS, triplet_scores
+from spatial_probing.grounding.structure_scores import KINDS, triplet_scores
 from spatial_probing.grounding.datamodule import VAL_SETS, token_keys
 from spatial_probing.grounding.objectives import Objective
 from spatial_probing.grounding.text import VOCAB, TextEncoder

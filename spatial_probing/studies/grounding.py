@@ -13,7 +13,10 @@
    go through the normal extraction path: ``spatial-probing extract --model.encoder local:<ckpt>``.
 4. Probes through the normal fit path (``relation_type``; ``caption_truth`` from text alone, a
    language-prior control that is at chance by construction), grouped folds by scene.
-5. Structure and argument-swap scores, two-level (seeds x items) bootstrap intervals, paired comparisons
+5. Structure and argument-swap scores (``grounding/structure_scores.py``), two-level bootstrap intervals
+   (``resampling``: seeds, i.e. training runs, resampled, then items, i.e. scenes or folds, so intervals
+   include run-to-run variation), paired comparisons (the same resampled seeds and items; two-sided
+   bootstrap p-values)
    of every arm against the reference arms (``grounding.arms.REFERENCES``) and along every one-ingredient
    contrast (``grounding.arms.INGREDIENTS``), Holm over relations; the answer is written from those
    comparisons, whatever they say; ``report.md`` / ``report.html`` with the decomposition and
@@ -40,7 +43,8 @@ from spatial_probing.data.rows import SpatialRows
 from spatial_probing.errors import SpatialProbingError
 from spatial_probing.features.runs import recorded_hit
 from spatial_probing.features.store import load_entry
-from spatial_probing.grounding import analysis
+from spatial_probing import resampling
+from spatial_probing.grounding import structure_scores as scores
 from spatial_probing.grounding import scenes as S
 from spatial_probing.grounding.arms import ARMS, CONFIGS, INGREDIENTS, REFERENCES, available_arms
 from spatial_probing.io import atomic_write
@@ -92,7 +96,7 @@ def train_runs(arms: list[str], seeds: list[int], out: Path, steps: int, extra: 
                             **{f"final {k}": v for k, v in final.items() if k != "step"},
                             "checkpoint": str(Path(summary["checkpoint"]).resolve())})
             curves += [{"arm": arm, "seed": seed, "step": h["step"], "test": test, "value": h[f"probe/{test}"]}
-                       for h in summary["history"] for test in analysis.TESTS if f"probe/{test}" in h]
+                       for h in summary["history"] for test in scores.TESTS if f"probe/{test}" in h]
     runs = pd.DataFrame(records)
     runs["left_chance_step"] = runs.left_chance_step.astype("Int64")  # integer steps; <NA>: never (or no tower)
     return runs, pd.DataFrame(curves, columns=["arm", "seed", "step", "test", "value"])
@@ -177,13 +181,13 @@ def summarise(items: pd.DataFrame, arms: list[str], pairs: list[tuple[str, str]]
             part = group[group.arm == arm]
             seeds = sorted(part.seed.unique())
             mats[arm] = _matrix(part, seeds, item, "value")
-            est, lo, hi = analysis.interval(mats[arm], n_boot, level, seed=0)
+            est, lo, hi = resampling.interval(mats[arm], n_boot, level, seed=0)
             stats.append({"arm": arm, **dict(zip(keys, key, strict=True)), "estimate": est, "ci_low": lo,
                           "ci_high": hi, "n_seeds": len(seeds), "n_items": mats[arm].shape[1]})
         for a, b in pairs:
             if mats[a].shape != mats[b].shape:
                 continue  # unpaired (different seeds): no paired comparison
-            diff, lo, hi, p = analysis.paired_difference(mats[b], mats[a], n_boot, level, seed=0)
+            diff, lo, hi, p = resampling.paired_difference(mats[b], mats[a], n_boot, level, seed=0)
             comparisons.append({"arm_a": a, "arm_b": b, **dict(zip(keys, key, strict=True)), "diff": diff,
                                 "ci_low": lo, "ci_high": hi, "p_value": p})
     comp = pd.DataFrame(comparisons)
@@ -200,7 +204,7 @@ def structure_frame(entries: dict[tuple[str, int], Path]) -> tuple[pd.DataFrame,
     for (arm, seed), path in entries.items():
         entry = load_entry(path)
         rows = entry.rows
-        frames.append(analysis.structure_items(np.asarray(entry.features), rows).assign(arm=arm, seed=seed))
+        frames.append(scores.structure_items(np.asarray(entry.features), rows).assign(arm=arm, seed=seed))
     items = pd.concat(frames, ignore_index=True).rename(columns={"score": "value"})
     mean = items.groupby(["arm", "seed", "test", "item"], as_index=False)["value"].mean().assign(relation="mean")
     return pd.concat([items, mean], ignore_index=True), rows
@@ -235,7 +239,7 @@ def ingredient_table(comparisons: pd.DataFrame) -> pd.DataFrame:
     """One row per (ingredient that ran, test): its paired effect on the item-mean score."""
     rows = []
     for ing in INGREDIENTS:
-        for test in analysis.TESTS:
+        for test in scores.TESTS:
             if (row := _effect(comparisons, ing.base, ing.arm, test)) is not None:
                 rows.append({"ingredient": ing.name, "arm": ing.arm, "minus": ing.base, "test": test,
                              "diff": row["diff"], "ci_low": row.ci_low, "ci_high": row.ci_high,
@@ -249,7 +253,7 @@ def answer(comparisons: pd.DataFrame, stats: pd.DataFrame, level: float) -> list
     much, and how the visual arm's total gain over masked-LM splits into pairing and pixels."""
     out = []
     ingredients = ingredient_table(comparisons)
-    for test in analysis.TESTS:
+    for test in scores.TESTS:
         t = ingredients[ingredients.test == test]
         if t.empty:
             out.append(f"**{TEST_TITLES[test]}:** no two arms of a one-ingredient contrast ran; nothing to decompose.")
@@ -277,8 +281,8 @@ def decomposition_figure(stats: pd.DataFrame, arms: list[str], bow: pd.Series, l
     """Arms x score (item mean) with intervals, one panel per test; chance and the bag of words marked."""
     order = [*arms, CONTROL]
     fig = Figure(figsize=(10, 0.35 * len(order) + 1.6))
-    axes = fig.subplots(1, len(analysis.TESTS), sharey=True)
-    for ax, test in zip(axes, analysis.TESTS, strict=True):
+    axes = fig.subplots(1, len(scores.TESTS), sharey=True)
+    for ax, test in zip(axes, scores.TESTS, strict=True):
         t = stats[(stats.test == test) & (stats.relation == "mean")].set_index("arm").loc[order]
         y = np.arange(len(order))[::-1]
         ax.errorbar(t.estimate, y, xerr=[t.estimate - t.ci_low, t.ci_high - t.estimate], fmt="o", color="#3b6fb6",
@@ -300,9 +304,9 @@ def decomposition_figure(stats: pd.DataFrame, arms: list[str], bow: pd.Series, l
 def learning_curve_figure(curves: pd.DataFrame, arms: list[str]) -> ReportFigure:
     """Score against training step per arm: the mean over seeds, the band spanning the seeds."""
     fig = Figure(figsize=(11, 4))
-    axes = fig.subplots(1, len(analysis.TESTS), sharey=True)
+    axes = fig.subplots(1, len(scores.TESTS), sharey=True)
     colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}
-    for ax, test in zip(axes, analysis.TESTS, strict=True):
+    for ax, test in zip(axes, scores.TESTS, strict=True):
         for arm in arms:
             c = curves[(curves.arm == arm) & (curves.test == test)].groupby("step")["value"]
             if c.ngroups == 0:
@@ -341,7 +345,7 @@ def run_study(arms: list[str], seeds: list[int], out: Path, steps: int, extra: l
     labels = {path.name: key for key, path in entries.items()}
 
     structure_items, rows = structure_frame(entries)
-    bow_scores = analysis.structure_items(bag_of_words(rows).x, rows).groupby("test")["score"].mean()
+    bow_scores = scores.structure_items(bag_of_words(rows).x, rows).groupby("test")["score"].mean()
     probes = pd.concat([probe_frame(fit("relation_type", list(entries.values()), out), labels, "f1_macro"),
                         probe_frame(fit("caption_truth", list(entries.values()), out), labels, "accuracy")])
     pairs = comparison_pairs(arms)

@@ -1,4 +1,5 @@
-"""Scores and statistics of the grounding study: structure tests on caption features, seed x item bootstraps.
+"""The structure and argument-swap tests on caption features: the one scoring rule of the grounding study
+and of the training-time learning curves.
 
 Structure tests (per held-out scene, on the features of its four captions):
 
@@ -9,11 +10,6 @@ Structure tests (per held-out scene, on the features of its four captions):
   shares every word *and* the relation word with the caption: a bag of words scores 0, and so does
   any encoder that only tracks which words occur.
 
-Uncertainty: a two-level bootstrap resamples seeds (training runs) and then items (scenes or folds),
-so intervals include run-to-run variation, not only the finite test set. Arms are compared paired:
-the same resampled seeds (same seed = same initial text weights and data order) and the same items.
-The two-sided p-value is twice the smaller bootstrap tail of the difference (at least 1/B), and Holm's
-step-down correction runs over the targets of one comparison.
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from spatial_probing.data.rows import SpatialRows
-from spatial_probing.probes.stats import percentile_interval
 
 KINDS = ("caption", "converse", "contradiction", "swap")
 TESTS = {"structure": "contradiction", "swap": "swap"}
@@ -57,27 +52,3 @@ def structure_items(features: np.ndarray, rows: SpatialRows) -> pd.DataFrame:
     relation = np.asarray(rows.relations, dtype=object)[kind == "caption"][order["caption"]]
     return pd.concat([pd.DataFrame({"item": np.arange(len(score)), "relation": relation, "test": test,
                                     "score": score}) for test, score in scores.items()], ignore_index=True)
-
-
-def bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Two-level bootstrap of the mean of ``values`` [seeds, items]: seeds, then items, resampled."""
-    n_seeds, n_items = values.shape
-    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
-    items = rng.integers(0, n_items, size=(n_boot, n_items))
-    return np.stack([values[s][:, i].mean() for s, i in zip(seeds, items, strict=True)])
-
-
-def interval(values: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float, float]:
-    """Estimate (mean over seeds and items) and the percentile bootstrap interval."""
-    low, high = percentile_interval(bootstrap_means(values, n_boot, np.random.default_rng(seed)), level)
-    return float(values.mean()), float(low), float(high)
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int, level: float, seed: int
-                      ) -> tuple[float, float, float, float]:
-    """Mean of a - b (both [seeds, items], paired), its bootstrap interval and two-sided p-value."""
-    boots = bootstrap_means(a - b, n_boot, np.random.default_rng(seed))
-    tail = min((boots <= 0).mean(), (boots >= 0).mean())
-    p = 1.0 if np.allclose(a, b) else min(1.0, max(2 * tail, 1 / n_boot))
-    low, high = percentile_interval(boots, level)
-    return float((a - b).mean()), float(low), float(high), p

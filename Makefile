@@ -95,8 +95,8 @@ scenes: $(STAMP) ## Synthetic scenes, exact truth: random-init CLIP image / join
 # the grounding decomposition (docs/grounding.md): arms that differ in one ingredient each, trained, probed, reported
 GROUNDING = OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m spatial_probing.studies.grounding
 GROUNDING_OUT ?= outputs/grounding/demo
-GROUNDING_DEMO_ARMS ?= mlm text_pair shuffled clip_onehot contrastive
-grounding-demo: $(STAMP) ## Grounding decomposition at demo scale (5 arms x 2 seeds x 400 steps, < 15 min on 2 CPU cores).
+GROUNDING_DEMO_ARMS ?= mlm text_pair shuffled clip_onehot contrastive contrastive_hn world_state
+grounding-demo: $(STAMP) ## Grounding decomposition at demo scale (7 arms x 2 seeds x 400 steps, < 15 min on 2 CPU cores).
 	$(GROUNDING) --demo --arms $(GROUNDING_DEMO_ARMS) --seeds 0 1 --steps 400 --n_probe 200 --out_dir $(GROUNDING_OUT) \
 	  --train_args "--data.batch_size 64 --data.n_train 8000 --data.n_val 256 --trainer.val_check_interval 50"
 

@@ -276,6 +276,24 @@ def answer(comparisons: pd.DataFrame, stats: pd.DataFrame, level: float) -> list
     return out
 
 
+def convergence(curves: pd.DataFrame, tolerance: float = 0.02) -> str:
+    """Whether the learning curves have flattened: the change of each arm's seed-mean score over the last
+    fifth of training, against ``tolerance``."""
+    moving = []
+    for (arm, test), c in curves.groupby(["arm", "test"], sort=False):
+        mean = c.groupby("step")["value"].mean()
+        last, at = mean.index.max(), mean.index.max() * 0.8
+        change = mean.iloc[-1] - mean[mean.index <= at].iloc[-1] if (mean.index <= at).any() else np.nan
+        if not abs(change) <= tolerance:
+            moving.append(f"{arm} {test} {change:+.3f}")
+    if not moving:
+        return (f"Convergence: every arm's seed-mean curve moved by at most {tolerance} over the last fifth of "
+                "training (learning-curve figure).")
+    return (f"Convergence: **not converged** — curves still moving by more than {tolerance} over the last fifth of "
+            f"training (change from 80% of the steps to the end): {'; '.join(moving)}. Train longer (--steps) "
+            "before reading these arms' differences as final.")
+
+
 # -- 7. figures --------------------------------------------------------------------------------
 def decomposition_figure(stats: pd.DataFrame, arms: list[str], bow: pd.Series, level: float) -> ReportFigure:
     """Arms x score (item mean) with intervals, one panel per test; chance and the bag of words marked."""
@@ -385,6 +403,7 @@ def run_study(arms: list[str], seeds: list[int], out: Path, steps: int, extra: l
         ("h2", "One-ingredient contrasts (item-mean score; diff = arm − minus)"),
         ("table", ingredients),
         ("figure", learning_curve_figure(curves, arms)),
+        ("p", convergence(curves)),
         ("h2", "Training: throughput and when tower-caption retrieval left chance"),
         ("p", "left_chance_step: first validation step whose in-distribution retrieval (true caption vs its "
               "contradiction) exceeded 0.5 by 3 binomial standard errors; empty: never within the run. "

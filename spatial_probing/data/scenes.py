@@ -64,6 +64,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 60, 190), "orange": (245, 140, 30), "white": (245, 245, 245),
 }
 SHAPES = ("square", "circle", "triangle")
+# Fill patterns: "solid" paints the whole shape in its colour; the others paint PATTERN_COLOUR over part of
+# it (2-pixel horizontal stripes; a 2x2-pixel checkerboard), anchored at the box's top-left corner so a
+# glyph looks the same wherever it stands. The shape's pixels (its silhouette) do not depend on the fill.
+FILLS = ("solid", "striped", "checked")
+PATTERN_COLOUR = (25, 25, 25)
 BACKGROUND = (110, 110, 110)
 _OCCLUSION = ("inside", "contains", "in front of", "behind")  # the only relations whose boxes overlap
 _MAX_TRIES = 2000
@@ -71,15 +76,28 @@ _MAX_TRIES = 2000
 
 @dataclass(frozen=True)
 class Obj:
-    """One drawn shape: ``name`` is "<colour> <shape>"."""
+    """One drawn shape: ``name`` is "<colour> <shape>" ("<colour> <fill> <shape>" unless the fill is solid)."""
 
     colour: str
     shape: str
     box: Box
+    fill: str = "solid"
 
     @property
     def name(self) -> str:
-        return f"{self.colour} {self.shape}"
+        return f"{self.colour} {self.shape}" if self.fill == "solid" else f"{self.colour} {self.fill} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Glyph:
+    """How an object looks, wherever it stands: a colour, a shape and a fill pattern."""
+
+    colour: str
+    shape: str
+    fill: str = "solid"
+
+    def at(self, box: Box) -> Obj:
+        return Obj(self.colour, self.shape, box, self.fill)
 
 
 @dataclass(frozen=True)
@@ -155,6 +173,21 @@ def _mask(obj: Obj, size: int) -> np.ndarray:
         return in_box & ((xs + 0.5 - cx) ** 2 + (ys + 0.5 - cy) ** 2 <= (w / 2) ** 2)
     # triangle, apex up: the half-width grows linearly from the top row to the full base
     return in_box & (np.abs(xs + 0.5 - cx) <= (ys + 1 - y0) * w / (2 * h))
+
+
+def _pattern(obj: Obj, size: int) -> np.ndarray:
+    """Pixels painted in PATTERN_COLOUR (bool [size, size]): the fill's pattern within the shape's pixels."""
+    if obj.fill == "solid":
+        return np.zeros((size, size), dtype=bool)
+    ys, xs = np.ogrid[:size, :size]
+    rows, cols = (ys - obj.box[1]) // 2, (xs - obj.box[0]) // 2
+    if obj.fill == "striped":
+        on = rows % 2 == 1
+    elif obj.fill == "checked":
+        on = (rows + cols) % 2 == 1
+    else:
+        raise DataError(f"unknown fill {obj.fill!r}; known: {list(FILLS)}")
+    return _mask(obj, size) & on
 
 
 def _pixels_agree(relation: str, subj: np.ndarray, obj: np.ndarray, subj_over: bool) -> bool:
@@ -252,22 +285,37 @@ def _distractor(rng: np.random.Generator, size: int, used: Sequence[Obj]) -> Obj
     return None
 
 
-def _sample_scene(relation: str, rng: np.random.Generator, size: int, image: str) -> Scene:
-    """One scene for which ``relation`` holds (rejection sampling over proposals)."""
+def _pick_colours(rng: np.random.Generator) -> tuple[Glyph, Glyph]:
+    """Subject and object glyphs of a scene: two distinct colours, any shapes, solid."""
+    c_subj, c_obj = (str(c) for c in rng.choice(sorted(COLOURS), size=2, replace=False))
+    s_subj, s_obj = (str(s) for s in rng.choice(SHAPES, size=2))
+    return Glyph(c_subj, s_subj), Glyph(c_obj, s_obj)
+
+
+def _sample_pair(relation: str, rng: np.random.Generator, size: int,
+                 pick: Callable[[np.random.Generator], tuple[Glyph, Glyph]]) -> tuple[Obj, Obj, list[Obj]]:
+    """Subject, object and both in draw order, for which ``relation`` holds (rejection sampling over proposals).
+
+    ``pick`` draws the subject's and object's glyphs afresh for every proposal.
+    """
     for _ in range(_MAX_TRIES):
-        c_subj, c_obj = (str(c) for c in rng.choice(sorted(COLOURS), size=2, replace=False))
-        s_subj, s_obj = (str(s) for s in rng.choice(SHAPES, size=2))
+        g_subj, g_obj = pick(rng)
         a, b = _propose(relation, rng, size)
-        subj, obj = Obj(c_subj, s_subj, a), Obj(c_obj, s_obj, b)
+        subj, obj = g_subj.at(a), g_obj.at(b)
         # Inner shapes and occluders must be drawn last; elsewhere nothing overlaps, so order is random.
         subj_over = {"inside": True, "contains": False, "in front of": True, "behind": False}.get(
             relation, bool(rng.random() < 0.5))
         if _acceptable(relation, subj, obj, subj_over, size):
-            pair = [obj, subj] if subj_over else [subj, obj]
-            extra = _distractor(rng, size, pair)
-            objects = tuple(pair) if extra is None else (extra, *pair)
-            return Scene(image, relation, objects, subj=objects.index(subj), obj=objects.index(obj))
+            return subj, obj, [obj, subj] if subj_over else [subj, obj]
     raise DataError(f"could not place a {relation!r} scene in {_MAX_TRIES} tries at image size {size}")
+
+
+def _sample_scene(relation: str, rng: np.random.Generator, size: int, image: str) -> Scene:
+    """One scene for which ``relation`` holds, with a distractor half the time."""
+    subj, obj, pair = _sample_pair(relation, rng, size, _pick_colours)
+    extra = _distractor(rng, size, pair)
+    objects = tuple(pair) if extra is None else (extra, *pair)
+    return Scene(image, relation, objects, subj=objects.index(subj), obj=objects.index(obj))
 
 
 def _generate(n_per_relation: int, seed: int, image_size: int) -> list[Scene]:
@@ -290,6 +338,8 @@ def render(scene: Scene, image_size: int) -> Image.Image:
     pixels[:] = BACKGROUND
     for obj in scene.objects:
         pixels[_mask(obj, image_size)] = COLOURS[obj.colour]
+        if obj.fill != "solid":
+            pixels[_pattern(obj, image_size)] = PATTERN_COLOUR
     return Image.fromarray(pixels)
 
 
@@ -353,9 +403,8 @@ def write_scenes(out_dir: str | Path, n_per_relation: int = 40, seed: int = 0, i
         return out
     scenes = _generate(n_per_relation, seed, image_size)
     parts = _assign_splits(scenes, splits, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+
+    def fill(tmp: Path) -> dict:
         (tmp / "images").mkdir()
         for scene in scenes:
             render(scene, image_size).save(tmp / "images" / scene.image, format="PNG")
@@ -364,26 +413,38 @@ def write_scenes(out_dir: str | Path, n_per_relation: int = 40, seed: int = 0, i
             rows = _rows(members, f"scenes/{split}", str(out))
             _write_jsonl(rows, tmp / f"{split}.jsonl")
             counts[split] = len(rows)
-        info = {"params": params, "relations": list(RELATIONS), "rows": counts, "near_frac": NEAR_FRAC,
+        return {"params": params, "relations": list(RELATIONS), "rows": counts, "near_frac": NEAR_FRAC,
                 "far_frac": FAR_FRAC}
-        (tmp / "scenes.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+    return _publish(out, params, fill)
+
+
+def _publish(out: Path, params: dict, fill: Callable[[Path], dict], marker: str = "scenes.json") -> Path:
+    """Build a directory with ``fill(tmp)`` under a temporary name, write its returned info to ``marker``
+    last, and rename it into place (a concurrent writer with the same ``params`` is fine)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        info = fill(tmp)
+        (tmp / marker).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         try:
             os.rename(tmp, out)  # atomic; replaces an empty directory, fails on a non-empty one
         except OSError:
-            if not _existing(out, params):  # a concurrent writer with the same parameters is fine
+            if not _existing(out, params, marker):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _existing(out: Path, params: dict) -> bool:
-    """True if ``out`` is a complete scene directory with ``params``; error if it holds anything else."""
+def _existing(out: Path, params: dict, marker_name: str = "scenes.json") -> bool:
+    """True if ``out`` is a complete scene directory with ``params`` (in ``marker_name``); error if it holds
+    anything else."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return False
-    marker = out / "scenes.json"
+    marker = out / marker_name
     if not marker.is_file():
-        raise DataError(f"{out} exists and is not a scene directory (no scenes.json); choose an empty or new path")
+        raise DataError(f"{out} exists and is not a scene directory (no {marker_name}); choose an empty or new path")
     stored = json.loads(marker.read_text(encoding="utf-8")).get("params")
     if stored != params:
         raise DataError(f"{out} holds scenes written with {stored}, not {params}; use another directory "

@@ -315,3 +315,13 @@ def test_train_grounding_refuses_an_out_dir_that_is_a_file(tmp_path: Path, capsy
                      "--trainer.logger", "false", *TINY])
     assert code == 2 and "is a file, not a directory" in capsys.readouterr().err
     assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_checkpoint_of_an_older_format_is_refused_naming_the_file(tmp_path: Path) -> None:
+    _, summary = _train(tmp_path, "mlm", "run")
+    checkpoint = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
+    del checkpoint["grounding"]["format"]  # what train-grounding wrote before the second tower was a plug-in
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    with pytest.raises(EncoderError, match=r"old\.ckpt has checkpoint format 1, this code reads format 2"):
+        create_encoder(f"local:{old}")

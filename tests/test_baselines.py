@@ -8,7 +8,8 @@ import pytest
 from probe_entries import toy_entry, toy_rows
 
 from spatial_probing.probes.baselines import baseline_features, majority_fit, mask_relation
-from spatial_probing.probes.module import LinearProbe, ProbeDataModule
+from spatial_probing.probes.data import ProbeDataModule
+from spatial_probing.probes.module import LinearProbe
 from spatial_probing.tasks.relation_type import RelationType
 
 

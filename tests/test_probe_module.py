@@ -18,7 +18,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from spatial_probing.cli.fit import run_fit
 from spatial_probing.errors import FeatureError, SpatialProbingError
 from spatial_probing.features.entry import load_entry
-from spatial_probing.probes.module import LinearProbe, ProbeDataModule, check_features, find_entries
+from spatial_probing.probes.data import ProbeDataModule, check_features, find_entries
+from spatial_probing.probes.module import LinearProbe
 from spatial_probing.tasks.relation_type import RelationType
 
 

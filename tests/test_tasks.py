@@ -67,7 +67,7 @@ def test_task_options_are_checked_and_name_the_option():
 def test_task_is_chosen_by_class_path_in_the_probe_config(tmp_path):
     from jsonargparse import ArgumentParser
 
-    from spatial_probing.probes.module import ProbeDataModule
+    from spatial_probing.probes.data import ProbeDataModule
 
     parser = ArgumentParser()
     parser.add_class_arguments(ProbeDataModule, "data")

@@ -158,7 +158,7 @@ def test_clip_layer_parts_are_the_states_before_the_final_layer_norm(tiny_clip_d
 
 
 def test_layerwise_clip_entry_offers_each_view_per_layer(cache: Path, tiny_clip_dir: Path, tmp_path: Path) -> None:
-    from spatial_probing.probes.module import ProbeDataModule
+    from spatial_probing.probes.data import ProbeDataModule
     from spatial_probing.tasks.relation_type import RelationType
 
     path = _extract(cache, tmp_path, "--model.encoder", f"hf-clip:{tiny_clip_dir}", "--model.view", STUDY,

@@ -26,7 +26,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from spatial_probing import stop
 from spatial_probing.errors import ConfigError
 from spatial_probing.io import atomic_write
-from spatial_probing.probes.module import LinearProbe, ProbeDataModule
+from spatial_probing.probes.data import ProbeDataModule
+from spatial_probing.probes.module import LinearProbe
 from spatial_probing.probes.results import comparison_table
 from spatial_probing.report.build import write_report
 from spatial_probing.report.tables import (

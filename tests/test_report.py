@@ -13,7 +13,7 @@ from probe_entries import toy_entry, toy_features, toy_rows, write_entry
 from spatial_probing.cli import main
 from spatial_probing.cli.fit import run_fit
 from spatial_probing.probes.results import comparison_table, results_frame, summary
-from spatial_probing.report.figures import _gains, reference_label
+from spatial_probing.report.probe_figures import _gains, reference_label
 from spatial_probing.report.run_files import load_run
 from spatial_probing.report.tables import format_table, write_results
 

@@ -5,19 +5,52 @@
 
 Writes ``DIR/report.html`` (self-contained: figures embedded, viewable offline) and every figure as
 ``DIR/figures/<name>.png`` and ``.svg``. ``fit`` calls `write_report` on its own output directory.
+`report_figures` is the report's figure list: the probe figures (`report.probe_figures`) and the
+analysis figures (`report.analysis_figures`) in report order.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from spatial_probing.errors import SpatialProbingError
 from spatial_probing.io import atomic_write
-from spatial_probing.report.figures import ReportFigure, report_figures
+from spatial_probing.probes.results import HEADLINE_METRIC
+from spatial_probing.report.analysis_figures import STATS_TASKS, rsa, stats_layer_curves, stats_task
+from spatial_probing.report.figures import ReportFigure
 from spatial_probing.report.html import render_report
+from spatial_probing.report.probe_figures import (
+    baselines_and_controls,
+    distribution,
+    gains,
+    heatmap,
+    layer_curves,
+    meta_categories,
+    other_tasks,
+    reference_scatter,
+)
 from spatial_probing.report.run_files import RunFiles, load_runs
+
+
+def report_figures(run: RunFiles, reference: str | None = None, metric: str = HEADLINE_METRIC) -> list[ReportFigure]:
+    """Every figure the run has data for, in report order."""
+    makers: list[Callable[[], ReportFigure | None]] = [
+        lambda: heatmap(run, metric, reference),
+        lambda: reference_scatter(run, metric, reference),
+        lambda: distribution(run, metric),
+        lambda: gains(run, metric, reference),
+        lambda: meta_categories(run, metric),
+        lambda: baselines_and_controls(run, metric),
+        lambda: other_tasks(run, metric),
+        *[lambda task=task: stats_task(run, task) for task in STATS_TASKS],
+        lambda: rsa(run),
+        lambda: layer_curves(run, metric),
+        lambda: stats_layer_curves(run),
+    ]
+    return [figure for make in makers if (figure := make()) is not None]
 
 
 @dataclass

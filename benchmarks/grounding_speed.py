@@ -23,7 +23,7 @@ threads, and the machine's GEMM rate ([2048 x 768] x [768 x 768] and its transpo
 bfloat16). Then one line per arm (samples/s in float32 and bf16-mixed, their ratio) and LAST the
 overall ratio ``bf16-mixed / 32-true``: the geometric mean over the arms.
 
-OpenMP waits passively (``OMP_WAIT_POLICY=PASSIVE`` unless set), as in ``spatial_probing.grounding.study``:
+OpenMP waits passively (``OMP_WAIT_POLICY=PASSIVE`` unless set), as in ``spatial_probing.studies.grounding``:
 spinning OpenMP threads made training many times slower on a shared 2-core machine.
 """
 
@@ -42,16 +42,11 @@ import time
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ARM_DIR = REPO / "configs" / "grounding"
+from spatial_probing.grounding.arms import CONFIGS, available_arms
+
 PRECISIONS = ("32-true", "bf16-mixed")
 WARMUP_STEPS = 10  # GroundingModule.samples_per_second leaves out the steps up to this one
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def discover_arms() -> list[str]:
-    """Every arm config under configs/grounding (base.yaml is read first by every run, not an arm)."""
-    return sorted(p.stem for p in ARM_DIR.glob("*.yaml") if p.stem != "base")
 
 
 def cpu_model() -> str:
@@ -97,7 +92,7 @@ def train_once(arm: str, precision: str, steps: int, batch_size: int) -> float:
     from spatial_probing.grounding.cli import train
 
     with tempfile.TemporaryDirectory() as out:
-        args = ["--config", str(ARM_DIR / f"{arm}.yaml"), "--trainer.precision", precision,
+        args = ["--config", str(CONFIGS / f"{arm}.yaml"), "--trainer.precision", precision,
                 "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(10 * steps + 1000),
                 "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                 "--data.batch_size", str(batch_size), "--data.n_train", str(steps * batch_size),
@@ -121,10 +116,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < WARMUP_STEPS + 2:
         parser.error(f"--steps must exceed {WARMUP_STEPS + 1}: the first {WARMUP_STEPS} steps are not timed")
-    arms = args.arms or discover_arms()
-    missing = [a for a in arms if not (ARM_DIR / f"{a}.yaml").is_file()]
-    if missing:
-        parser.error(f"no such arm config under {ARM_DIR}: {', '.join(missing)}")
+    arms = args.arms or available_arms()
+    if missing := sorted(set(arms) - set(available_arms())):
+        parser.error(f"no such arm config under {CONFIGS}: {', '.join(missing)}")
     import lightning.pytorch  # noqa: F401  (sets its loggers' levels on import: quieten them after it)
 
     for name in ("lightning.pytorch", "lightning.fabric"):

@@ -88,6 +88,9 @@ def build(spec: EncoderSpec) -> LocalEncoder:
     if architecture.get("format") != CHECKPOINT_FORMAT:
         raise EncoderError(f"encoder {spec}: {path} has checkpoint format {architecture.get('format', 1)}, this "
                            f"code reads format {CHECKPOINT_FORMAT}; retrain it with this version's train-grounding")
+    if "sentence_transformers" in architecture["text"]:
+        raise EncoderError(f"encoder {spec}: {path} fine-tuned a sentence-transformers model; its text tower is the "
+                           f"directory sbert/ beside it: use sbert:{path.parent / 'sbert'}")
     if set(spec.views) - {"text"} and architecture["image"] is None:
         tower = architecture["tower"]
         trained = f"with a {tower['class']} (no image encoder)" if tower else f"text-only ({architecture['objective']})"

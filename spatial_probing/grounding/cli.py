@@ -8,7 +8,9 @@ arm's own file names only its objective. ``out_dir`` receives ``encoder.ckpt`` (
 ``local:<out_dir>/encoder.ckpt``), ``summary.json`` (throughput, the validation history: retrieval and
 the structure / swap learning curves, the step at which retrieval left chance), ``config.yaml`` and the
 logger's files. The last point of the history is always the saved weights (a final validation runs when
-``max_steps`` is not a multiple of ``val_check_interval``).
+``max_steps`` is not a multiple of ``val_check_interval``). With a pretrained text tower
+(``--model.text spatial_probing.grounding.text.SentenceTransformerText``) the fine-tuned model is also
+written as a sentence-transformers directory ``out_dir/sbert`` (the encoder ``sbert:<out_dir>/sbert``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class GroundingCLI(LightningCLI):
                             help="Run directory: encoder.ckpt, summary.json, config.yaml, logs.")
         # one place configures the tower (model.tower); the data module builds the inputs that tower reads
         parser.link_arguments("model.tower", "data.tower", apply_on="instantiate")
+        # the text tower's tokenizer tokenizes every caption the data module builds
+        parser.link_arguments("model.text", "data.text", apply_on="instantiate")
+        # the scene family (--data.scenes) decides the image tower's input size
+        parser.link_arguments("data.scenes", "model.scenes")
 
 
 def build_cli(args: list[str], run: bool = False) -> GroundingCLI:
@@ -76,6 +82,8 @@ def train(args: list[str]) -> tuple[GroundingModule, dict[str, Any]]:
     if not model.history or model.history[-1]["step"] != trainer.global_step:
         trainer.validate(model, datamodule=data, verbose=False)  # the curve ends at the saved weights
     checkpoint = out / "encoder.ckpt"
+    # a pretrained text tower is also written in its own format (sentence-transformers: out_dir/sbert)
+    exported = model.text_tower.export(model.text, out / "sbert") if trainer.is_global_zero else None
     partial = out / "encoder.ckpt.partial"
     # weights only: the `local:` adapter reads the weights and the architecture entry, nothing of the optimiser
     trainer.save_checkpoint(partial, weights_only=True)  # every rank calls it (a barrier); rank 0 writes
@@ -94,6 +102,8 @@ def train(args: list[str]) -> tuple[GroundingModule, dict[str, Any]]:
         "left_chance_step": model.left_chance_step,
         "history": model.history,
         "checkpoint": str(checkpoint),
+        "text": model.text_tower.architecture(),
+        "sbert": str(exported) if exported is not None else None,
     }
     if trainer.is_global_zero:
         atomic_write(out / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
@@ -107,6 +117,7 @@ def run_train_grounding(args: list[str]) -> int:
         _, summary = train(args)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    also = f" and {summary['sbert']} (sbert:{summary['sbert']})" if summary["sbert"] else ""
     print(f"trained {summary['objective']} for {summary['steps']} steps at {summary['samples_per_s']:.0f} "
-          f"samples/s; retrieval left chance at step {summary['left_chance_step']}; wrote {summary['checkpoint']}")
+          f"samples/s; retrieval left chance at step {summary['left_chance_step']}; wrote {summary['checkpoint']}{also}")
     return 0

@@ -21,8 +21,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from spatial_probing.errors import DataError
 from spatial_probing.grounding import scenes as S
+from spatial_probing.grounding.families import ShapeFamily, VsrFamily, family
 from spatial_probing.grounding.structure_scores import KINDS
-from spatial_probing.grounding.text import Tokenizer
+from spatial_probing.grounding.text import ScratchText, TextTower
 from spatial_probing.grounding.towers import SecondTower
 
 VAL_SETS = ("val", "heldout", "probe")
@@ -35,46 +36,45 @@ def token_keys(kind: str) -> tuple[str, str]:
     return f"{prefix}input_ids", f"{prefix}attention_mask"
 
 
-def _ids(tokenizer: Tokenizer, texts: list[str], prefix: str = "") -> dict[str, torch.Tensor]:
-    tokens = tokenizer(texts)
+def _ids(text: TextTower, texts: list[str], prefix: str = "") -> dict[str, torch.Tensor]:
+    tokens = text.tokenize(texts)
     return {f"{prefix}input_ids": tokens["input_ids"], f"{prefix}attention_mask": tokens["attention_mask"]}
 
 
-def _facts(triples: list[tuple[str, str, str]]) -> torch.Tensor:
-    return torch.tensor([S.fact_id(*t) for t in triples], dtype=torch.long)
-
-
-def training_tensors(n: int, seed: int, tower: SecondTower | None = None) -> dict[str, torch.Tensor]:
-    """Every training example as tensors: caption and contradiction tokens, fact ids, the tower's inputs."""
-    scenes = S.generate(n, seed, "train")
+def training_tensors(n: int, seed: int, tower: SecondTower | None = None, text: TextTower | None = None,
+                     scenes: ShapeFamily | VsrFamily | None = None) -> dict[str, torch.Tensor]:
+    """Every training example as tensors: caption and contradiction tokens (``text``'s tokenizer, default
+    ``ScratchText``), fact ids, the tower's inputs; scenes of the family ``scenes`` (default shapes)."""
+    text, scenes = text or ScratchText(), scenes or ShapeFamily()
+    drawn = scenes.generate(n, seed, "train")
     converse = np.random.default_rng([seed, 2]).random(n) < 0.5
-    tokenizer = Tokenizer()
     captions, contradictions = [], []
-    for scene, flip in zip(scenes, converse, strict=True):
+    for scene, flip in zip(drawn, converse, strict=True):
         a, b = scene.names
         r = scene.relation
         # the caption (or its converse paraphrase) and the contradiction of that very sentence
-        subj, rel, obj = (b, S.CONVERSE[r], a) if flip else (a, r, b)
+        subj, rel, obj = (b, scenes.converse(r), a) if flip else (a, r, b)
         captions.append((subj, rel, obj))
-        contradictions.append((subj, S.CONVERSE[rel], obj))
+        contradictions.append((subj, scenes.converse(rel), obj))
     return {
-        **_ids(tokenizer, [S.caption(*t) for t in captions]),
-        **_ids(tokenizer, [S.caption(*t) for t in contradictions], "neg_"),
-        "fact": _facts(captions),
-        "neg_fact": _facts(contradictions),
-        **(tower.inputs(scenes, seed, train=True) if tower is not None else {}),
+        **_ids(text, [scenes.caption(*t) for t in captions]),
+        **_ids(text, [scenes.caption(*t) for t in contradictions], "neg_"),
+        "fact": torch.tensor([scenes.fact_id(*t) for t in captions], dtype=torch.long),
+        "neg_fact": torch.tensor([scenes.fact_id(*t) for t in contradictions], dtype=torch.long),
+        **(tower.inputs(drawn, seed, train=True, text=text) if tower is not None else {}),
     }
 
 
 def evaluation_tensors(scenes: list[S.GroundingScene], seed: int, tower: SecondTower | None,
-                       kinds: tuple[str, ...] = ("caption", "contradiction", "swap")) -> dict[str, torch.Tensor]:
+                       kinds: tuple[str, ...] = ("caption", "contradiction", "swap"), text: TextTower | None = None
+                       ) -> dict[str, torch.Tensor]:
     """Tokens of each scene's captions of ``kinds`` (keys ``<kind>_input_ids``, ``caption`` unprefixed) and
     the tower's inputs (true pairing)."""
-    tokenizer = Tokenizer()
-    out = tower.inputs(scenes, seed, train=False) if tower is not None else {}
+    text = text or ScratchText()
+    out = tower.inputs(scenes, seed, train=False, text=text) if tower is not None else {}
     for kind in kinds:
         ids, mask = token_keys(kind)
-        tokens = tokenizer([s.captions()[kind][0] for s in scenes])
+        tokens = text.tokenize([s.captions()[kind][0] for s in scenes])
         out |= {ids: tokens["input_ids"], mask: tokens["attention_mask"]}
     return out
 
@@ -105,15 +105,23 @@ class GroundingDataModule(pl.LightningDataModule):
         scene_seed: seed of the scene generator (kept fixed across training seeds: same captions).
         batch_size: examples per step and per device.
         num_workers: DataLoader workers (batches are slices of in-memory tensors; 0 is usually fastest).
+        scenes: the scene family: ``shapes`` (``scenes.py``, 32x32) or ``vsr`` (``vsr_scenes.py``: VSR's nouns, 64x64).
+        held_out: ``vsr`` only: nouns never in training (default ``vsr_scenes.HELD_OUT_NOUNS``).
+        train_nouns: ``vsr`` only: nouns of training scenes (default every other ``VSR_NOUNS``).
         tower: the model's second tower (linked from ``model.tower``: it decides which inputs are built).
+        text: the model's text tower (linked from ``model.text``: its tokenizer tokenizes every caption).
     """
 
     def __init__(self, n_train: int = 20000, n_val: int = 512, n_probe: int = PROBE_SCENES,
                  probe_seed: int = PROBE_SEED, scene_seed: int = 0, batch_size: int = 128, num_workers: int = 0,
-                 tower: SecondTower | None = None) -> None:
+                 scenes: str = "shapes", held_out: list[str] | None = None, train_nouns: list[str] | None = None,
+                 tower: SecondTower | None = None, text: TextTower | None = None) -> None:
         super().__init__()
         if batch_size < 2:
             raise DataError(f"--data.batch_size must be at least 2 (in-batch negatives), got {batch_size}")
+        self.scenes = family(scenes, held_out, train_nouns)
+        self.text = text or ScratchText()
+        self.text.check_words(self.scenes.words(), f"--data.scenes {scenes} (nouns: --data.train_nouns, --data.held_out)")
         self.n_train, self.n_val, self.n_probe, self.probe_seed = n_train, n_val, n_probe, probe_seed
         self.scene_seed, self.batch_size, self.num_workers, self.tower = scene_seed, batch_size, num_workers, tower
         self.train_set: _Tensors | None = None
@@ -121,15 +129,17 @@ class GroundingDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.train_set = _Tensors(training_tensors(self.n_train, self.scene_seed, self.tower))
+            family, text = self.scenes, self.text
+            self.train_set = _Tensors(training_tensors(self.n_train, self.scene_seed, self.tower, text, family))
             # validation scenes come from generator streams disjoint from the training stream
             val_seed = self.scene_seed + 1_000_003
             self.val_sets = {
-                "val": _Tensors(evaluation_tensors(S.generate(self.n_val, val_seed, "train"), val_seed, self.tower)),
-                "heldout": _Tensors(evaluation_tensors(S.generate(self.n_val, self.scene_seed, "heldout"),
-                                                       self.scene_seed, self.tower)),
-                "probe": _Tensors(evaluation_tensors(S.generate(self.n_probe, self.probe_seed, "heldout"),
-                                                     self.probe_seed, None, KINDS)),
+                "val": _Tensors(evaluation_tensors(family.generate(self.n_val, val_seed, "train"), val_seed,
+                                                   self.tower, text=text)),
+                "heldout": _Tensors(evaluation_tensors(family.generate(self.n_val, self.scene_seed, "heldout"),
+                                                       self.scene_seed, self.tower, text=text)),
+                "probe": _Tensors(evaluation_tensors(family.generate(self.n_probe, self.probe_seed, "heldout"),
+                                                     self.probe_seed, None, KINDS, text=text)),
             }
 
     def _loader(self, data: _Tensors, batch_size: int, shuffle: bool) -> DataLoader:

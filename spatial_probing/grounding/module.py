@@ -22,10 +22,11 @@ import lightning.pytorch as pl
 import torch
 
 from spatial_probing.errors import DataError
-from spatial_probing.grounding.structure_scores import KINDS, triplet_scores
 from spatial_probing.grounding.datamodule import VAL_SETS, token_keys
+from spatial_probing.grounding.families import IMAGE_SIZES
 from spatial_probing.grounding.objectives import Objective
-from spatial_probing.grounding.text import VOCAB, TextEncoder
+from spatial_probing.grounding.structure_scores import KINDS, triplet_scores
+from spatial_probing.grounding.text import VOCAB, ScratchText, TextTower
 from spatial_probing.grounding.towers import SecondTower
 
 CHANCE_Z = 3.0
@@ -41,28 +42,33 @@ class GroundingModule(pl.LightningModule):
     Args:
         objective: ``MaskedLM`` (text-only) or ``Contrastive`` (target rule, hard negatives).
         tower: what ``Contrastive`` contrasts each caption with (``towers.py``); none for ``MaskedLM``.
-        width: text (and tower feature) width.
-        depth: Transformer layers.
-        heads: attention heads.
-        max_length: longest caption in tokens.
+        text: the text tower (``text.py``): ``ScratchText`` (default) or ``SentenceTransformerText``; its
+            width is the tower's feature width.
+        scenes: the scene family (linked from ``--data.scenes``: the image tower's input size).
         lr: AdamW peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear warm-up, then cosine decay to 0 at ``trainer.max_steps``.
     """
 
-    def __init__(self, objective: Objective, tower: SecondTower | None = None, width: int = 64, depth: int = 2,
-                 heads: int = 4, max_length: int = 16, lr: float = 1e-3, weight_decay: float = 0.01,
-                 warmup_steps: int = 200) -> None:
+    def __init__(self, objective: Objective, tower: SecondTower | None = None, text: TextTower | None = None,
+                 scenes: str = "shapes", lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 200) -> None:
         super().__init__()
         if objective.needs_tower != (tower is not None):
             need = "needs a second tower (--model.tower)" if objective.needs_tower else "has no use for --model.tower"
             raise DataError(f"--model.objective {type(objective).__name__} {need}")
-        self.save_hyperparameters(ignore=["objective", "tower"])
-        self.text = TextEncoder(len(VOCAB), width, depth, heads, max_length)
+        if scenes not in IMAGE_SIZES:
+            raise DataError(f"--data.scenes must be one of {list(IMAGE_SIZES)}, got {scenes!r}")
+        if tower is not None and scenes not in tower.families:
+            raise DataError(f"--model.tower {type(tower).__name__} reads the scenes of {list(tower.families)} only, "
+                            f"not --data.scenes {scenes}")
+        self.save_hyperparameters(ignore=["objective", "tower", "text"])
+        self.text_tower = text if text is not None else ScratchText()
+        self.text = self.text_tower.build()
+        width = self.text.width
         if tower is not None:
-            tower.build(width)
+            tower.build(width, IMAGE_SIZES[scenes])
         self.tower = tower
-        objective.build(width, width if tower is not None else None, len(VOCAB))
+        objective.build(width, width if tower is not None else None, self.text_tower.vocab_size)
         self.objective = objective
         self.history: list[dict[str, float]] = []  # one row per validation: step, retrieval and probe scores
         self.left_chance_step: int | None = None
@@ -71,14 +77,11 @@ class GroundingModule(pl.LightningModule):
     def architecture(self) -> dict[str, Any]:
         """What the registry adapter needs to rebuild the encoders (and the tokenizer) from a checkpoint:
         ``image`` is the image tower's CNN (weights ``tower.cnn.*``) where the tower encodes RGB scenes."""
-        hp = self.hparams
         tower = self.tower.architecture() if self.tower is not None else None
         image = ({k: tower[k] for k in ("width", "channels", "image_size")}
                  if self.tower is not None and self.tower.image_view else None)
         return {"format": CHECKPOINT_FORMAT, "vocab": list(VOCAB), "objective": type(self.objective).__name__,
-                "tower": tower, "text": {"vocab_size": len(VOCAB), "width": hp.width, "depth": hp.depth,
-                                         "heads": hp.heads, "max_length": hp.max_length},
-                "image": image}
+                "tower": tower, "text": self.text_tower.architecture(), "image": image}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.architecture()

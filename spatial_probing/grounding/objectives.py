@@ -23,8 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spatial_probing.grounding.text import MASK
-
 
 class Objective(nn.Module):
     """An objective owns its heads; ``build`` creates them once the encoders' widths are known."""
@@ -50,6 +48,10 @@ class MaskedLM(Objective):
     Args:
         mask_prob: share of tokens masked (BERT's 0.15). All masked tokens become ``[MASK]`` (no 80/10/10
             split: with a 16-word vocabulary random replacements would mostly be other caption words).
+
+    The head is a fresh linear map over the text tower's vocabulary (for a pretrained sentence-transformers
+    tower too: its directory keeps no MLM head), on the final hidden states; the tokenizer's special tokens
+    ([CLS], [SEP]) are never masked.
     """
 
     def __init__(self, mask_prob: float = 0.15) -> None:
@@ -61,10 +63,11 @@ class MaskedLM(Objective):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        chosen = (torch.rand(ids.shape, device=ids.device) < self.mask_prob) & mask
-        forced = torch.multinomial(mask.float(), 1)  # one real token per caption is always masked
+        maskable = model.text.maskable(ids, mask)  # real tokens; a pretrained tokenizer's [CLS]/[SEP] excluded
+        chosen = (torch.rand(ids.shape, device=ids.device) < self.mask_prob) & maskable
+        forced = torch.multinomial(maskable.float(), 1)  # one real token per caption is always masked
         chosen = chosen.scatter(1, forced, True)
-        hidden = model.text(ids.masked_fill(chosen, MASK), mask)
+        hidden = model.text(ids.masked_fill(chosen, model.text.mask_token_id), mask)
         return F.cross_entropy(self.head(hidden[chosen]).float(), ids[chosen])
 
 

@@ -35,7 +35,7 @@ from torch import nn
 from spatial_probing.errors import DataError
 from spatial_probing.grounding import scenes as S
 from spatial_probing.grounding.image import ImageEncoder, to_pixels
-from spatial_probing.grounding.text import TextEncoder, Tokenizer
+from spatial_probing.grounding.text import ScratchText, TextEncoder, TextTower
 
 
 class SecondTower(nn.Module):
@@ -44,11 +44,15 @@ class SecondTower(nn.Module):
     needs_images = False  # its inputs are rendered scene pixels (the data module must render them)
     image_view = False  # its network encodes RGB scene images: the registry's ``image`` view reads it
 
-    def build(self, width: int) -> None:
-        """Create the network (after the text encoder: same initial text weights in every arm)."""
+    families: tuple[str, ...] = ("shapes", "vsr")  # scene families (``--data.scenes``) it can read
 
-    def inputs(self, scenes: list[S.GroundingScene], seed: int, train: bool) -> dict[str, torch.Tensor]:
-        """Input tensors of every scene (keys ``tower_*``). ``train``: the training set (``seed``: its draws)."""
+    def build(self, width: int, image_size: int = S.IMAGE_SIZE) -> None:
+        """Create the network (after the text encoder: same initial text weights in every arm); ``image_size``:
+        the scene family's images."""
+
+    def inputs(self, scenes: list[S.GroundingScene], seed: int, train: bool, text: TextTower | None = None) -> dict[str, torch.Tensor]:
+        """Input tensors of every scene (keys ``tower_*``). ``train``: the training set (``seed``: its draws);
+        ``text``: the text tower (its tokenizer, for towers that read captions; default ``ScratchText``)."""
         raise NotImplementedError
 
     def forward(self, batch: dict[str, torch.Tensor], text: TextEncoder) -> torch.Tensor:
@@ -76,11 +80,12 @@ class ImageTower(SecondTower):
         super().__init__()
         self.channels, self.shuffle = channels, shuffle
 
-    def build(self, width: int) -> None:
-        self.cnn = ImageEncoder(width, self.channels, S.IMAGE_SIZE)
+    def build(self, width: int, image_size: int = S.IMAGE_SIZE) -> None:
+        self.image_size = image_size
+        self.cnn = ImageEncoder(width, self.channels, image_size)
 
-    def inputs(self, scenes: list[S.GroundingScene], seed: int, train: bool) -> dict[str, torch.Tensor]:
-        pixels = torch.from_numpy(S.images(scenes))
+    def inputs(self, scenes: list[S.GroundingScene], seed: int, train: bool, text: TextTower | None = None) -> dict[str, torch.Tensor]:
+        pixels = torch.from_numpy(np.stack([s.image() for s in scenes]))
         if self.shuffle and train:
             pixels = pixels[torch.from_numpy(shuffle_order(len(scenes), seed))]
         return {"tower_pixels": pixels}
@@ -90,7 +95,7 @@ class ImageTower(SecondTower):
 
     def architecture(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "width": self.cnn.width, "channels": self.channels,
-                "image_size": S.IMAGE_SIZE, "shuffle": self.shuffle}
+                "image_size": self.image_size, "shuffle": self.shuffle}
 
 
 def shuffle_order(n: int, seed: int) -> np.ndarray:
@@ -102,10 +107,10 @@ class TextPairTower(SecondTower):
     """Another caption of the same scene (canonical or converse form, drawn independently of the caption
     itself) through the caption encoder: SBERT/SimCSE-style shared weights, no parameters of its own."""
 
-    def inputs(self, scenes: list[S.GroundingScene], seed: int, train: bool) -> dict[str, torch.Tensor]:
+    def inputs(self, scenes: list[S.GroundingScene], seed: int, train: bool, text: TextTower | None = None) -> dict[str, torch.Tensor]:
         converse = np.random.default_rng([seed, 3]).random(len(scenes)) < 0.5
         texts = [s.captions()["converse" if flip else "caption"][0] for s, flip in zip(scenes, converse, strict=True)]
-        tokens = Tokenizer()(texts)
+        tokens = (text or ScratchText()).tokenize(texts)
         return {"tower_input_ids": tokens["input_ids"], "tower_attention_mask": tokens["attention_mask"]}
 
     def forward(self, batch: dict[str, torch.Tensor], text: TextEncoder) -> torch.Tensor:
@@ -145,11 +150,13 @@ class WorldStateTower(SecondTower):
         super().__init__()
         self.hidden, self.max_objects = hidden, max_objects
 
-    def build(self, width: int) -> None:
+    families = ("shapes",)  # colour and shape one-hots of the shapes scenes
+
+    def build(self, width: int, image_size: int = S.IMAGE_SIZE) -> None:
         self.mlp = nn.Sequential(nn.Linear(self.max_objects * STATE_FEATURES, self.hidden), nn.ReLU(),
                                  nn.Linear(self.hidden, self.hidden), nn.ReLU(), nn.Linear(self.hidden, width))
 
-    def inputs(self, scenes: list[S.GroundingScene], seed: int, train: bool) -> dict[str, torch.Tensor]:
+    def inputs(self, scenes: list[S.GroundingScene], seed: int, train: bool, text: TextTower | None = None) -> dict[str, torch.Tensor]:
         return {"tower_state": world_states(scenes, self.max_objects)}
 
     def forward(self, batch: dict[str, torch.Tensor], text: TextEncoder) -> torch.Tensor:
@@ -188,10 +195,12 @@ class LayoutGridTower(SecondTower):
             raise DataError(f"--model.tower.init_args.grid must divide the image size {S.IMAGE_SIZE}, got {grid}")
         self.channels, self.grid = channels, grid
 
-    def build(self, width: int) -> None:
+    families = ("shapes",)  # one channel per shapes object name
+
+    def build(self, width: int, image_size: int = S.IMAGE_SIZE) -> None:
         self.cnn = ImageEncoder(width, self.channels, S.IMAGE_SIZE, in_channels=len(S.OBJECT_NAMES))
 
-    def inputs(self, scenes: list[S.GroundingScene], seed: int, train: bool) -> dict[str, torch.Tensor]:
+    def inputs(self, scenes: list[S.GroundingScene], seed: int, train: bool, text: TextTower | None = None) -> dict[str, torch.Tensor]:
         return {"tower_grid": layout_grids(scenes, self.grid)}
 
     def forward(self, batch: dict[str, torch.Tensor], text: TextEncoder) -> torch.Tensor:

@@ -15,15 +15,14 @@ from spatial_probing.cli import main as cli_main
 from spatial_probing.encoders.registry import create_encoder
 from spatial_probing.encoders.views import combine
 from spatial_probing.errors import DataError, EncoderError
-from spatial_probing.features.store import load_entry
-from spatial_probing.grounding import structure_scores as scores
+from spatial_probing.features.entry import load_entry
 from spatial_probing.grounding import scenes as S
+from spatial_probing.grounding import structure_scores as scores
 from spatial_probing.grounding.arms import ARMS, CONFIGS, INGREDIENTS, available_arms
 from spatial_probing.grounding.cli import build_cli, train
 from spatial_probing.grounding.datamodule import training_tensors
 from spatial_probing.grounding.image import ImageEncoder, to_pixels
 from spatial_probing.grounding.objectives import Contrastive, _soft_cross_entropy
-from spatial_probing.studies.grounding import write_probe_scenes
 from spatial_probing.grounding.text import VOCAB, Tokenizer
 from spatial_probing.grounding.towers import (
     ImageTower,
@@ -33,6 +32,8 @@ from spatial_probing.grounding.towers import (
     layout_grids,
     world_states,
 )
+from spatial_probing.studies.grounding import write_probe_scenes
+
 TINY = ["--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--data.n_train", "96", "--data.n_val", "16",
         "--data.batch_size", "16", "--model.warmup_steps", "2", "--trainer.enable_progress_bar", "false"]
 

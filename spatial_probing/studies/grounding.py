@@ -37,15 +37,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from spatial_probing import resampling
 from spatial_probing.analysis.features import bag_of_words
 from spatial_probing.cli import main as cli_main
 from spatial_probing.data.rows import SpatialRows
 from spatial_probing.errors import SpatialProbingError
+from spatial_probing.features.entry import load_entry
 from spatial_probing.features.runs import recorded_hit
-from spatial_probing.features.store import load_entry
-from spatial_probing import resampling
-from spatial_probing.grounding import structure_scores as scores
 from spatial_probing.grounding import scenes as S
+from spatial_probing.grounding import structure_scores as scores
 from spatial_probing.grounding.arms import ARMS, CONFIGS, INGREDIENTS, REFERENCES, available_arms
 from spatial_probing.io import atomic_write
 from spatial_probing.probes.stats import holm
@@ -282,7 +282,7 @@ def convergence(curves: pd.DataFrame, tolerance: float = 0.02) -> str:
     moving = []
     for (arm, test), c in curves.groupby(["arm", "test"], sort=False):
         mean = c.groupby("step")["value"].mean()
-        last, at = mean.index.max(), mean.index.max() * 0.8
+        at = mean.index.max() * 0.8
         change = mean.iloc[-1] - mean[mean.index <= at].iloc[-1] if (mean.index <= at).any() else np.nan
         if not abs(change) <= tolerance:
             moving.append(f"{arm} {test} {change:+.3f}")

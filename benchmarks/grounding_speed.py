@@ -65,7 +65,7 @@ def machine_facts() -> None:
     from extract_speed import bf16_instructions  # lscpu's bfloat16 flags
     from probe_speed import gemm_pair_ms  # best-of-5 time of X @ P and X.T @ R
 
-    from spatial_probing.probes.solver import bf16_supported
+    from spatial_probing.machine import bf16_supported
 
     found = bf16_instructions()
     flags = ", ".join(f"{f} {'yes' if f in found else 'no'}" for f in BF16_FLAGS)

@@ -39,11 +39,12 @@ import numpy as np
 import torch
 
 from spatial_probing.features.entry import load_entry
+from spatial_probing.machine import bf16_supported
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.probes.metrics import fit_metrics
 from spatial_probing.probes.selection import select_C
 from spatial_probing.probes.sklearn_ref import fit_sklearn
-from spatial_probing.probes.solver import bf16_supported, fit_logreg, scaled_gradient_max
+from spatial_probing.probes.solver import fit_logreg, scaled_gradient_max
 from spatial_probing.tasks.relation_type import RelationType
 
 # the entry `spatial-probing extract --config configs/extract/sbert_mpnet.yaml` writes (any mpnet entry

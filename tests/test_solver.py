@@ -7,9 +7,10 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from spatial_probing.machine import bf16_supported
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.probes.sklearn_ref import fit_sklearn
-from spatial_probing.probes.solver import bf16_supported, fit_logreg, scaled_gradient_max
+from spatial_probing.probes.solver import fit_logreg, scaled_gradient_max
 from spatial_probing.probes.solver.predict import decision_function, predict, predict_proba
 
 CS = (0.01, 1.0, 100.0)

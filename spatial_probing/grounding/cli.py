@@ -20,12 +20,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from spatial_probing.errors import DataError
 from spatial_probing.grounding.datamodule import GroundingDataModule
 from spatial_probing.grounding.module import GroundingModule
 from spatial_probing.io import atomic_write
+from spatial_probing.machine import bf16_supported
 
 BASE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "grounding" / "base.yaml"
 
@@ -68,6 +71,16 @@ def check_run(out: Path, max_steps: int, batch_size: int, n_train: int, devices:
                         "no full batch to train on")
 
 
+def check_precision(precision: str, accelerator: object) -> None:
+    """Warn when bf16 autocast would run on a CPU without bfloat16 instructions (AVX512-BF16 / AMX-BF16): PyTorch
+    then falls back to reference kernels (im2col convolutions, non-BLAS GEMMs), 5-7x slower than float32 for
+    every arm (benchmarks/grounding_speed.py), which is why base.yaml trains in 32-true."""
+    if str(precision).startswith("bf16") and isinstance(accelerator, CPUAccelerator) and not bf16_supported("cpu"):
+        rank_zero_warn(f"--trainer.precision {precision} on a CPU without bfloat16 instructions (neither avx512_bf16 "
+                       "nor amx_bf16): bf16 autocast runs emulated kernels, several times slower than float32 here; "
+                       "use --trainer.precision 32-true (bf16-mixed pays off on GPUs and AMX/AVX512-BF16 CPUs)")
+
+
 def train(args: list[str]) -> tuple[GroundingModule, dict[str, Any]]:
     """Train one arm; return the trained module and (also written to ``out_dir/summary.json``) what the run measured.
 
@@ -77,6 +90,7 @@ def train(args: list[str]) -> tuple[GroundingModule, dict[str, Any]]:
     out = Path(cli.config.out_dir)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     check_run(out, trainer.max_steps, data.batch_size, data.n_train, trainer.world_size)
+    check_precision(trainer.precision, trainer.accelerator)
     out.mkdir(parents=True, exist_ok=True)
     trainer.fit(model, datamodule=data)
     if not model.history or model.history[-1]["step"] != trainer.global_step:

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
+from spatial_probing.machine import bf16_supported
 from spatial_probing.probes.solver.basis import ArrayLike, Basis, as_tensor, threads
 from spatial_probing.probes.solver.newton import Init, anchor_bank, solve
 from spatial_probing.probes.solver.objective import (
@@ -172,21 +173,6 @@ def fit_logreg(
     return LogRegFit(
         W=W, b=b, Cs=Cs, n_iter=res.n_iter, converged=res.converged, grad_max=res.grad_max, solver="batched"
     )
-
-
-def bf16_supported(device: str | torch.device = "cpu") -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA GPU that supports it, or a
-    CPU with AMX-BF16 or AVX512-BF16 (elsewhere bfloat16 GEMMs are emulated and slower than float32)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:  # private, but the only place torch reports these CPU flags
-        flags = torch._C._cpu._get_cpu_capability()
-    except AttributeError:
-        return False
-    return bool(flags.get("amx_bf16") or flags.get("avx512_bf16"))
 
 
 def scaled_gradient_max(

@@ -54,3 +54,16 @@ def test_sigkilled_study_resumes_to_the_same_encoders_and_tables(tmp_path: Path)
     assert (out / "runs/mlm/seed0/encoder.ckpt").read_bytes() == first
     assert _checksums(out) == _checksums(reference)
     assert not list(out.rglob("*.partial"))  # no half-written checkpoint left behind
+
+
+def test_study_report_escapes_hostile_text(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from spatial_probing.studies.report import write_report
+
+    hostile = "<script>alert('x')</script> & \"quotes\""
+    write_report(tmp_path, hostile, [("h1", hostile), ("p", f"**{hostile}** `{hostile}`"),
+                                      ("table", pd.DataFrame({"arm": [hostile], "value": [0.5]}))])
+    page = (tmp_path / "report.html").read_text()
+    assert "<script>" not in page and page.count("&lt;script&gt;") == 5  # title, heading, bold, code, table cell
+    assert "<b>&lt;script&gt;" in page and "<code>&lt;script&gt;" in page

@@ -1,6 +1,6 @@
 """A study's report: ``report.md`` and ``report.html`` from a list of blocks, figures saved beside them.
 
-Blocks are ``(kind, content)``: ``h1``, ``h2``, ``p`` (text; ``**bold**`` kept in markdown), ``table`` (a
+Blocks are ``(kind, content)``: ``h1``, ``h2``, ``p`` (text; ``**bold**`` and ```code``` as markdown, rendered in HTML), ``table`` (a
 DataFrame, floats to 3 decimals) and ``figure`` (a ``report.figures.ReportFigure``: written to
 ``figures/<name>.png`` and ``.svg``, shown with its caption). Every text is HTML-escaped.
 """
@@ -33,7 +33,8 @@ def _markdown_table(df: pd.DataFrame) -> str:
 
 
 def _html_text(text: str) -> str:
-    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
 def write_report(out: Path, title: str, blocks: list[tuple[str, object]]) -> Path:

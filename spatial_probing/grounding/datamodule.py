@@ -8,7 +8,7 @@ caption, the world state or a layout grid; none for the text-only arm). Validati
 new scenes from the training distribution (``val``) and held-out scenes (``heldout``, unseen
 colour-shape pairs and object counts), each with the true caption, its contradiction and its
 argument swap, for tower-caption retrieval; and the study's held-out probe scenes (``probe``: the same
-``n_probe`` scenes from ``probe_seed`` that ``grounding.study`` writes), whose four captions score the
+``n_probe`` scenes from ``probe_seed`` that ``studies.grounding`` writes), whose four captions score the
 structure and argument-swap tests on pooled text features: the learning curves.
 """
 

@@ -20,8 +20,14 @@ from spatial_probing.errors import DataError
 from spatial_probing.grounding import scenes as S
 from spatial_probing.grounding import vsr_scenes as V
 
-FAMILIES = ("shapes", "vsr")
-IMAGE_SIZES = {"shapes": S.IMAGE_SIZE, "vsr": V.IMAGE_SIZE}
+IMAGE_SIZES = {"shapes": S.IMAGE_SIZE, "vsr": V.IMAGE_SIZE}  # the families --data.scenes names, and their images
+
+
+def image_size(name: str) -> int:
+    """The image size of the family ``--data.scenes`` names; refuses an unknown name."""
+    if name not in IMAGE_SIZES:
+        raise DataError(f"--data.scenes must be one of {list(IMAGE_SIZES)}, got {name!r}")
+    return IMAGE_SIZES[name]
 
 
 class ShapeFamily:
@@ -95,8 +101,7 @@ class VsrFamily:
 def family(name: str, held_out: Sequence[str] | None = None, train_nouns: Sequence[str] | None = None
            ) -> ShapeFamily | VsrFamily:
     """The family ``--data.scenes`` names (noun options apply to ``vsr`` only)."""
-    if name not in FAMILIES:
-        raise DataError(f"--data.scenes must be one of {list(FAMILIES)}, got {name!r}")
+    image_size(name)
     if name == "shapes":
         if held_out is not None or train_nouns is not None:
             raise DataError("--data.held_out and --data.train_nouns choose nouns of --data.scenes vsr; the shapes "

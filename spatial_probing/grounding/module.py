@@ -8,7 +8,7 @@ the same text weights; the second tower and the objective's heads are built afte
   argument swap (``<set>/retrieval_swap``), and the first step at which in-distribution retrieval
   leaves chance (a one-sided binomial test at ``CHANCE_Z`` standard errors above 0.5);
 * the learning curves (every arm): the structure and argument-swap tests on the study's held-out probe
-  scenes, from pooled text features (``probe/structure``, ``probe/swap``; ``analysis.triplet_scores``,
+  scenes, from pooled text features (``probe/structure``, ``probe/swap``; ``structure_scores.triplet_scores``,
   the study's own rule).
 """
 
@@ -23,7 +23,7 @@ import torch
 
 from spatial_probing.errors import DataError
 from spatial_probing.grounding.datamodule import VAL_SETS, token_keys
-from spatial_probing.grounding.families import IMAGE_SIZES
+from spatial_probing.grounding.families import image_size
 from spatial_probing.grounding.objectives import Objective
 from spatial_probing.grounding.structure_scores import KINDS, triplet_scores
 from spatial_probing.grounding.text import VOCAB, ScratchText, TextTower
@@ -56,8 +56,7 @@ class GroundingModule(pl.LightningModule):
         if objective.needs_tower != (tower is not None):
             need = "needs a second tower (--model.tower)" if objective.needs_tower else "has no use for --model.tower"
             raise DataError(f"--model.objective {type(objective).__name__} {need}")
-        if scenes not in IMAGE_SIZES:
-            raise DataError(f"--data.scenes must be one of {list(IMAGE_SIZES)}, got {scenes!r}")
+        size = image_size(scenes)
         if tower is not None and scenes not in tower.families:
             raise DataError(f"--model.tower {type(tower).__name__} reads the scenes of {list(tower.families)} only, "
                             f"not --data.scenes {scenes}")
@@ -66,7 +65,7 @@ class GroundingModule(pl.LightningModule):
         self.text = self.text_tower.build()
         width = self.text.width
         if tower is not None:
-            tower.build(width, IMAGE_SIZES[scenes])
+            tower.build(width, size)
         self.tower = tower
         objective.build(width, width if tower is not None else None, self.text_tower.vocab_size)
         self.objective = objective

@@ -30,10 +30,14 @@ VAL_SETS = ("val", "heldout", "probe")
 PROBE_SCENES, PROBE_SEED = 400, 12345  # the study's defaults (--n_probe, --probe_seed)
 
 
+def _prefix(kind: str) -> str:
+    """Key prefix of a validation caption kind's tokens (the true caption's are unprefixed)."""
+    return "" if kind == "caption" else f"{kind}_"
+
+
 def token_keys(kind: str) -> tuple[str, str]:
-    """Batch keys of a validation caption kind's tokens (the true caption's are unprefixed)."""
-    prefix = "" if kind == "caption" else f"{kind}_"
-    return f"{prefix}input_ids", f"{prefix}attention_mask"
+    """Batch keys of a validation caption kind's tokens."""
+    return f"{_prefix(kind)}input_ids", f"{_prefix(kind)}attention_mask"
 
 
 def _ids(text: TextTower, texts: list[str], prefix: str = "") -> dict[str, torch.Tensor]:
@@ -73,9 +77,7 @@ def evaluation_tensors(scenes: list[S.GroundingScene], seed: int, tower: SecondT
     text = text or ScratchText()
     out = tower.inputs(scenes, seed, train=False, text=text) if tower is not None else {}
     for kind in kinds:
-        ids, mask = token_keys(kind)
-        tokens = text.tokenize([s.captions()[kind][0] for s in scenes])
-        out |= {ids: tokens["input_ids"], mask: tokens["attention_mask"]}
+        out |= _ids(text, [s.captions()[kind][0] for s in scenes], _prefix(kind))
     return out
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from spatial_probing.analysis.features import FeatureIndex
+from spatial_probing.analysis.features import FeatureIndex, view_of
 from spatial_probing.analysis.stats import stat_row
 from spatial_probing.data.relations import meta_category
 
@@ -24,11 +24,6 @@ class Analysis(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
-
-
-def view_of(label: str) -> str:
-    """The view in an entry label: ``openclip:ViT-B-32+random-init@image`` -> ``image``."""
-    return label.rpartition("@")[2].split("+")[0].split("[")[0] if "@" in label else ""
 
 
 def with_view(label: str, view: str) -> str:

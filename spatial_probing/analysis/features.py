@@ -133,6 +133,23 @@ def entry_label(meta: dict) -> str:
     return short_encoder(f"{meta['encoder']}@{meta['view']}") + ("" if layer == "final" else f"[{layer}]")
 
 
+def view_of(label: str) -> str:
+    """The view in an entry label: ``openclip:ViT-B-32+random-init@image`` -> ``image``."""
+    return label.rpartition("@")[2].split("+")[0].split("[")[0] if "@" in label else ""
+
+
+def extract_command(dataset: str, root: Path, view: str | None = None) -> str:
+    """The ``spatial-probing extract`` command line that writes an entry of ``dataset`` (``<name>/<split>``)."""
+    name, _, split = dataset.rpartition("/")
+    if not name:  # a dataset given without its split (the truth analysis reads train, dev and test)
+        name, split = dataset, "{train,dev,test}"
+    # a VSR split is named after its hub dataset (vsr_random/train <- cambridgeltl/vsr_random)
+    source = re.sub(r"(^|:)(vsr_)", r"\1cambridgeltl/\2", name)
+    view_option = f" --model.view {view}" if view and view != "text" else ""
+    return (f"`spatial-probing extract --config configs/extract/<encoder>.yaml --data.dataset {source} "
+            f"--data.split {split}{view_option} --feature_root {root}`")
+
+
 def _depth_order(label: str) -> tuple[str, int]:
     """Sort key: the label without ``[layer]``, then the layer number (the final layer, unbracketed, last)."""
     base, _, layer = label.partition("[")
@@ -145,6 +162,9 @@ class FeatureIndex:
 
     def __init__(self, feature_root: str | Path, encoders: Sequence[str] | None = None) -> None:
         self.root = Path(feature_root).expanduser()
+        if not self.root.is_dir():
+            raise FeatureError(f"--feature_root {self.root} is not a directory; pass the --feature_root the "
+                               "extractions wrote (default outputs/features)")
         self.paths: dict[tuple[str, str], tuple[Path, str, str]] = {}  # -> (entry, view, layer)
         clashes: dict[tuple[str, str], list[str]] = {}
         for meta_path in sorted(self.root.rglob("meta.json")):
@@ -167,11 +187,16 @@ class FeatureIndex:
         """Labels of the entries of ``dataset``, sorted (an encoder's layers in depth order: 2 before 10)."""
         return sorted((label for ds, label in self.paths if ds == dataset), key=_depth_order)
 
+    def missing(self, dataset: str, what: str, view: str | None = None) -> FeatureError:
+        """The error for ``what`` (e.g. "text entries") of ``dataset`` absent here, with the command that extracts it."""
+        return FeatureError(f"no {what} of {dataset} under {self.root} (entries of it: "
+                            f"{', '.join(self.labels(dataset)) or 'none'}); extract one first: "
+                            f"{extract_command(dataset, self.root, view)}")
+
     def get(self, dataset: str, label: str) -> Features:
         key = (dataset, label)
         if key not in self.paths:
-            raise FeatureError(f"no cache entry of {label} on {dataset} under {self.root}; extract it first "
-                               f"(entries of {dataset}: {self.labels(dataset) or 'none'})")
+            raise self.missing(dataset, f"cache entry of {label}", view_of(label))
         if key not in self._loaded:
             path, view, layer = self.paths[key]
             self._loaded[key] = from_entry(load_entry(path).view(view, layer), label)

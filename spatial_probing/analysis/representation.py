@@ -83,7 +83,7 @@ def rdm_upper(x: np.ndarray) -> np.ndarray:
 def _sources(index: FeatureIndex, dataset: str) -> list[Features]:
     labels = index.labels(dataset)
     if not labels:
-        raise DataError(f"no entries of {dataset} under {index.root}; extract them first")
+        raise index.missing(dataset, "entries")
     sources = [index.get(dataset, lb) for lb in labels]
     return sources + [bag_of_words(sources[0].rows)]
 

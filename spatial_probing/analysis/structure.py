@@ -96,7 +96,7 @@ class Structure(Analysis):
     def run(self, index: FeatureIndex) -> list[dict]:
         labels = [lb for lb in index.labels(self.dataset) if view_of(lb) == "text"]
         if not labels:
-            raise DataError(f"no text entries of {self.dataset} under {index.root}; extract them first")
+            raise index.missing(self.dataset, "text entries")
         rows = index.get(self.dataset, labels[0]).rows
         sources = [index.get(self.dataset, lb) for lb in labels] + [bag_of_words(rows)]
         out: list[dict] = []
@@ -141,8 +141,8 @@ class ZeroShot(Analysis):
             text = index.get(self.dataset, with_view(label, "text"))
             out += zero_shot_rows(image, text)
         if not out:
-            raise DataError(f"no image entries of {self.dataset} under {index.root}: zero-shot scoring needs an "
-                            "encoder's image and text entries")
+            raise index.missing(self.dataset, "image entries (zero-shot scoring needs an encoder's image and text "
+                                "entries)", "image")
         return out
 
 

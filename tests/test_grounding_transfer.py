@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -77,3 +80,21 @@ def test_finetuned_minilm_is_saved_as_an_sbert_directory_with_the_same_features(
     encoder = create_encoder(f"sbert:{out / 'sbert'}")
     features = encoder.text_parts(encoder.preprocess_text(CAPTIONS))["text"].numpy()
     np.testing.assert_allclose(features, tuned, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("trainer", "precision", "devices"), [("cpu_ddp.yaml", "32-true", 2), ("cpu.yaml", "bf16-mixed", 1)])
+def test_the_same_transfer_configs_train_under_ddp_and_bf16(trainer, precision, devices, tmp_path, minilm_dir) -> None:
+    """Two-process DDP (gloo) and bf16-mixed read the same arm and transfer configs; the export still loads."""
+    out = tmp_path / "run"
+    tiny = [a for a in TINY if a not in ("--trainer.logger", "false")]
+    command = [sys.executable, "-m", "spatial_probing.cli", "train-grounding", "--config", str(TRANSFER),
+               "--config", str(CONFIGS / "contrastive_hn.yaml"), "--config", str(CONFIGS.parents[0] / "trainer" / trainer),
+               "--trainer.precision", precision, "--model.text.init_args.model", str(minilm_dir), *tiny,
+               "--trainer.logger", "false", "--out_dir", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["devices"], summary["precision"], summary["steps"]) == (devices, precision, 4)
+    encoder = create_encoder(f"sbert:{out / 'sbert'}")
+    assert encoder.text_parts(encoder.preprocess_text(CAPTIONS))["text"].shape == (3, 384)

@@ -72,8 +72,10 @@ def check_arms(arms: list[str], seeds: list[int]) -> None:
 
 # -- 1. training -------------------------------------------------------------------------------
 def train_runs(arms: list[str], seeds: list[int], out: Path, steps: int, extra: list[str], n_probe: int,
-               probe_seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train (or reuse) every (arm, seed): one row per run with its summary, and the learning curves."""
+               probe_seed: int, configs: tuple[Path, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train (or reuse) every (arm, seed): one row per run with its summary, and the learning curves.
+
+    ``configs`` are read after ``base.yaml`` and before the arm's own file (the transfer study's shared file)."""
     records, curves = [], []
     for arm in arms:
         for seed in seeds:
@@ -82,7 +84,8 @@ def train_runs(arms: list[str], seeds: list[int], out: Path, steps: int, extra: 
                 if run.exists():  # interrupted: training is deterministic under its seed, so a restart gives the same run
                     print(f"[study] {arm} seed {seed}: {run} holds an unfinished run (no summary.json); "
                           "training it again from step 0", flush=True)
-                args = ["train-grounding", "--config", str(CONFIGS / f"{arm}.yaml"), "--seed_everything", str(seed),
+                args = ["train-grounding", *[a for c in configs for a in ("--config", str(c))],
+                        "--config", str(CONFIGS / f"{arm}.yaml"), "--seed_everything", str(seed),
                         "--trainer.max_steps", str(steps), "--out_dir", str(run),
                         "--data.n_probe", str(n_probe), "--data.probe_seed", str(probe_seed),
                         "--trainer.logger.init_args.save_dir", str(run), *QUIET, *extra]
@@ -94,7 +97,8 @@ def train_runs(arms: list[str], seeds: list[int], out: Path, steps: int, extra: 
             records.append({"arm": arm, "seed": seed, "steps": summary["steps"],
                             "samples_per_s": summary["samples_per_s"], "left_chance_step": summary["left_chance_step"],
                             **{f"final {k}": v for k, v in final.items() if k != "step"},
-                            "checkpoint": str(Path(summary["checkpoint"]).resolve())})
+                            "checkpoint": str(Path(summary["checkpoint"]).resolve()),
+                            "sbert": summary.get("sbert")})
             curves += [{"arm": arm, "seed": seed, "step": h["step"], "test": test, "value": h[f"probe/{test}"]}
                        for h in summary["history"] for test in scores.TESTS if f"probe/{test}" in h]
     runs = pd.DataFrame(records)
@@ -125,10 +129,10 @@ def write_probe_scenes(out: Path, n: int, seed: int) -> Path:
 
 
 # -- 3. extraction -----------------------------------------------------------------------------
-def extract(encoder: str, probe_dir: Path, feature_root: Path) -> Path:
-    """Text features of the probe captions through ``spatial-probing extract``; the entry's directory."""
-    args = ["extract", "--config", TRAINER, "--model.encoder", encoder, "--data.dataset", str(probe_dir),
-            "--data.split", "test", "--feature_root", str(feature_root), *QUIET]
+def extract(encoder: str, dataset: str, feature_root: Path, split: str = "test") -> Path:
+    """Text features of ``dataset``/``split`` through ``spatial-probing extract``; the entry's directory."""
+    args = ["extract", "--config", TRAINER, "--model.encoder", encoder, "--data.dataset", dataset,
+            "--data.split", split, "--feature_root", str(feature_root), *QUIET]
     if cli_main(args) != 0:
         raise SpatialProbingError(f"extraction of {encoder} failed; see the output above")
     entry = recorded_hit(args[1:])  # the run record the extraction just wrote names its cache entry
@@ -155,11 +159,11 @@ def fit(task: str, entries: list[Path], out: Path) -> pd.DataFrame:
 
 
 # -- 5. statistics -----------------------------------------------------------------------------
-def comparison_pairs(arms: list[str]) -> list[tuple[str, str]]:
+def comparison_pairs(arms: list[str], references: tuple[str, ...] = REFERENCES) -> list[tuple[str, str]]:
     """(arm_a, arm_b) pairs compared (diff = arm_b - arm_a): every one-ingredient contrast whose arms both
     ran, then every arm against each reference arm that ran; each unordered pair once."""
     pairs = [(i.base, i.arm) for i in INGREDIENTS if i.base in arms and i.arm in arms]
-    pairs += [(ref, arm) for ref in REFERENCES if ref in arms for arm in arms if arm != ref]
+    pairs += [(ref, arm) for ref in references if ref in arms for arm in arms if arm != ref]
     seen: set[frozenset[str]] = set()
     return [p for p in pairs if not (frozenset(p) in seen or seen.add(frozenset(p)))]
 
@@ -179,14 +183,16 @@ def summarise(items: pd.DataFrame, arms: list[str], pairs: list[tuple[str, str]]
         mats = {}
         for arm in arms:
             part = group[group.arm == arm]
+            if part.empty:
+                continue  # an arm without this measure (a probe baseline has no structure score)
             seeds = sorted(part.seed.unique())
             mats[arm] = _matrix(part, seeds, item, "value")
             est, lo, hi = resampling.interval(mats[arm], n_boot, level, seed=0)
             stats.append({"arm": arm, **dict(zip(keys, key, strict=True)), "estimate": est, "ci_low": lo,
                           "ci_high": hi, "n_seeds": len(seeds), "n_items": mats[arm].shape[1]})
         for a, b in pairs:
-            if mats[a].shape != mats[b].shape:
-                continue  # unpaired (different seeds): no paired comparison
+            if a not in mats or b not in mats or mats[a].shape != mats[b].shape:
+                continue  # not both measured, or unpaired (different seeds): no paired comparison
             diff, lo, hi, p = resampling.paired_difference(mats[b], mats[a], n_boot, level, seed=0)
             comparisons.append({"arm_a": a, "arm_b": b, **dict(zip(keys, key, strict=True)), "diff": diff,
                                 "ci_low": lo, "ci_high": hi, "p_value": p})
@@ -359,7 +365,7 @@ def run_study(arms: list[str], seeds: list[int], out: Path, steps: int, extra: l
     encoders = {(r.arm, r.seed): f"local:{r.checkpoint}@text" for r in runs.itertuples()}
     # the untrained control: the first arm's text architecture with seeded random weights (identical for all arms)
     encoders |= {(CONTROL, s): f"local:{runs.checkpoint.iloc[0]}@text+random-init" for s in seeds[:1]}
-    entries = {key: extract(name, probe_dir, feature_root) for key, name in encoders.items()}
+    entries = {key: extract(name, str(probe_dir), feature_root) for key, name in encoders.items()}
     labels = {path.name: key for key, path in entries.items()}
 
     structure_items, rows = structure_frame(entries)
@@ -408,7 +414,7 @@ def run_study(arms: list[str], seeds: list[int], out: Path, steps: int, extra: l
         ("p", "left_chance_step: first validation step whose in-distribution retrieval (true caption vs its "
               "contradiction) exceeded 0.5 by 3 binomial standard errors; empty: never within the run. "
               "Text-only runs have no tower, hence no retrieval."),
-        ("table", runs.drop(columns=["checkpoint"])),
+        ("table", runs.drop(columns=["checkpoint", "sbert"])),
         ("h2", "Structure tests per arm and relation"),
         ("table", s_stats),
         ("h2", "Structure tests per seed (item mean)"),

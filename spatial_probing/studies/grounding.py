@@ -25,9 +25,7 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -50,6 +48,7 @@ from spatial_probing.grounding.arms import ARMS, CONFIGS, INGREDIENTS, REFERENCE
 from spatial_probing.io import atomic_write
 from spatial_probing.probes.stats import holm
 from spatial_probing.report.figures import ReportFigure
+from spatial_probing.studies.command import run_study_command, study_parser
 from spatial_probing.studies.report import write_report
 
 CONTROL = "random-init"
@@ -301,6 +300,16 @@ def convergence(curves: pd.DataFrame, tolerance: float = 0.02) -> str:
 
 
 # -- 7. figures --------------------------------------------------------------------------------
+def score_panel(ax: object, test: str, order: list[str], xlabel: str) -> None:
+    """Finish one test's panel of arms (top to bottom in ``order``) x score: chance line, limits, labels, legend."""
+    ax.axvline(0.5, color="#999", ls="--", lw=1, label="chance")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_yticks(np.arange(len(order))[::-1], order)
+    ax.set_title(TEST_TITLES[test], fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize=8, loc="lower right")
+
+
 def decomposition_figure(stats: pd.DataFrame, arms: list[str], bow: pd.Series, level: float) -> ReportFigure:
     """Arms x score (item mean) with intervals, one panel per test; chance and the bag of words marked."""
     order = [*arms, CONTROL]
@@ -311,13 +320,8 @@ def decomposition_figure(stats: pd.DataFrame, arms: list[str], bow: pd.Series, l
         y = np.arange(len(order))[::-1]
         ax.errorbar(t.estimate, y, xerr=[t.estimate - t.ci_low, t.ci_high - t.estimate], fmt="o", color="#3b6fb6",
                     ecolor="#3b6fb6", capsize=3)
-        ax.axvline(0.5, color="#999", ls="--", lw=1, label="chance")
         ax.axvline(bow[test], color="#e08a2c", ls=":", lw=1.5, label=f"bag of words ({bow[test]:.2f})")
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_yticks(y, order)
-        ax.set_title(TEST_TITLES[test], fontsize=10)
-        ax.set_xlabel("score on held-out probe scenes")
-        ax.legend(fontsize=8, loc="lower right")
+        score_panel(ax, test, order, "score on held-out probe scenes")
     fig.tight_layout()
     return ReportFigure("decomposition", "Decomposition: every arm's structure and swap scores",
                         f"Item means over seeds and held-out scenes, {level:.0%} two-level bootstrap intervals "
@@ -443,30 +447,12 @@ def _probe_sentence(stats: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # spinning OpenMP threads made training 14x slower on a shared 2-core machine (measured); the user's setting wins
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS),
-                        help=f"arm configs under configs/grounding (default: all: {' '.join(ARMS)})")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--steps", type=int, default=3000, help="training steps of every run")
-    parser.add_argument("--train_args", default="", help="extra train-grounding options for every run (quoted)")
+    parser = study_parser(__doc__, list(ARMS), [0, 1, 2, 3, 4], 3000, "outputs/grounding/study")
     parser.add_argument("--n_probe", type=int, default=400, help="held-out probe scenes (4 captions each)")
     parser.add_argument("--probe_seed", type=int, default=12345)
-    parser.add_argument("--n_boot", type=int, default=1000)
-    parser.add_argument("--level", type=float, default=0.95)
-    parser.add_argument("--out_dir", default="outputs/grounding/study")
-    parser.add_argument("--demo", action="store_true", help="say in the report that this is the small demo run")
     a = parser.parse_args(argv)
-    try:
-        report = run_study(a.arms, a.seeds, Path(a.out_dir), a.steps, shlex.split(a.train_args), a.n_probe,
-                           a.probe_seed, a.n_boot, a.level, a.demo)
-    except SpatialProbingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(report.read_text())
-    print(f"wrote {report} and {report.with_suffix('.html')}")
-    return 0
+    return run_study_command(lambda: run_study(a.arms, a.seeds, Path(a.out_dir), a.steps, shlex.split(a.train_args),
+                                               a.n_probe, a.probe_seed, a.n_boot, a.level, a.demo))
 
 
 if __name__ == "__main__":

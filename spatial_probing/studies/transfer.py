@@ -30,7 +30,6 @@ on real VSR captions?
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -62,6 +61,7 @@ from spatial_probing.grounding.structure_scores import TESTS, triplet_scores
 from spatial_probing.grounding.vsr_scenes import HELD_OUT_NOUNS, TRAIN_NOUNS
 from spatial_probing.io import atomic_write
 from spatial_probing.report.figures import ReportFigure
+from spatial_probing.studies.command import run_study_command, study_parser
 from spatial_probing.studies.grounding import (
     QUIET,
     TEST_TITLES,
@@ -71,6 +71,7 @@ from spatial_probing.studies.grounding import (
     convergence,
     extract,
     learning_curve_figure,
+    score_panel,
     summarise,
     train_runs,
 )
@@ -284,12 +285,7 @@ def transfer_figure(stats: pd.DataFrame, arms: list[str], level: float) -> Repor
             t = stats[(stats.test == test) & (stats.subset == f"pooled/{group}")].set_index("arm").loc[order]
             ax.errorbar(t.estimate, y + shift, xerr=[t.estimate - t.ci_low, t.ci_high - t.estimate], fmt="o",
                         color=colour, capsize=3, label=f"{group.replace('_', '-')} nouns")
-        ax.axvline(0.5, color="#999", ls="--", lw=1)
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_yticks(y, order)
-        ax.set_title(TEST_TITLES[test], fontsize=10)
-        ax.set_xlabel("score on VSR triplets (pooled splits)")
-        ax.legend(fontsize=8, loc="lower right")
+        score_panel(ax, test, order, "score on VSR triplets (pooled splits)")
     fig.tight_layout()
     return ReportFigure("transfer", "Structure and swap scores on real VSR captions",
                         f"Item means over seeds and triplets of VSR random dev, random test and zero-shot test, "
@@ -410,30 +406,15 @@ def run_study(model_name: str, arms: list[str], seeds: list[int], out: Path, ste
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in the grounding study: spinning threads starve 2 cores
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model is a local directory
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = study_parser(__doc__, list(TRANSFER_ARMS), [0, 1, 2], 1000, "outputs/transfer/minilm")
     parser.add_argument("--model", default="minilm", help="minilm, mpnet or a sentence-transformers directory")
-    parser.add_argument("--arms", nargs="+", default=list(TRANSFER_ARMS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=1000, help="fine-tuning steps of every run")
-    parser.add_argument("--train_args", default="", help="extra train-grounding options for every run (quoted)")
     parser.add_argument("--vsr", default="../shared/vsr", help="VSR annotations: random/ and zeroshot/ split files")
     parser.add_argument("--eval_rows", type=int, default=None, help="evaluate on a seeded subsample of each split")
-    parser.add_argument("--n_boot", type=int, default=1000)
-    parser.add_argument("--level", type=float, default=0.95)
-    parser.add_argument("--out_dir", default="outputs/transfer/minilm")
-    parser.add_argument("--demo", action="store_true", help="say in the report that this is the small demo run")
     a = parser.parse_args(argv)
-    try:
-        report = run_study(a.model, a.arms, a.seeds, Path(a.out_dir), a.steps, shlex.split(a.train_args),
-                           Path(a.vsr), a.eval_rows, a.n_boot, a.level, a.demo)
-    except SpatialProbingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(report.read_text())
-    print(f"wrote {report} and {report.with_suffix('.html')}")
-    return 0
+    return run_study_command(lambda: run_study(a.model, a.arms, a.seeds, Path(a.out_dir), a.steps,
+                                               shlex.split(a.train_args), Path(a.vsr), a.eval_rows, a.n_boot,
+                                               a.level, a.demo))
 
 
 if __name__ == "__main__":

@@ -87,11 +87,10 @@ def test_finetuned_minilm_is_saved_as_an_sbert_directory_with_the_same_features(
 def test_the_same_transfer_configs_train_under_ddp_and_bf16(trainer, precision, devices, tmp_path, minilm_dir) -> None:
     """Two-process DDP (gloo) and bf16-mixed read the same arm and transfer configs; the export still loads."""
     out = tmp_path / "run"
-    tiny = [a for a in TINY if a not in ("--trainer.logger", "false")]
     command = [sys.executable, "-m", "spatial_probing.cli", "train-grounding", "--config", str(TRANSFER),
                "--config", str(CONFIGS / "contrastive_hn.yaml"), "--config", str(CONFIGS.parents[0] / "trainer" / trainer),
-               "--trainer.precision", precision, "--model.text.init_args.model", str(minilm_dir), *tiny,
-               "--trainer.logger", "false", "--out_dir", str(out)]
+               "--trainer.precision", precision, "--model.text.init_args.model", str(minilm_dir), *TINY,
+               "--out_dir", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

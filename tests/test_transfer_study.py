@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -96,5 +96,4 @@ def test_a_tiny_transfer_study_writes_its_report_and_tables(tmp_path, minilm_dir
     report = (out / "report.md").read_text()
     assert "Retention" in report and "held-out nouns" in report
     runs = pd.read_csv(out / "tables" / "runs.csv")
-    assert (runs.samples_per_s > 0).all() and json.loads((out / "runs" / "mlm" / "seed0" / "summary.json")
-                                                         .read_text())["sbert"]
+    assert set(runs.arm) == {"mlm", "contrastive"} and all((Path(p) / "modules.json").is_file() for p in runs.sbert)

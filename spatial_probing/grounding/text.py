@@ -223,6 +223,11 @@ class SentenceTransformerText(TextTower):
         if tok.mask_token_id is None:
             raise DataError(f"--model.text.init_args.model {self.model}: its tokenizer has no mask token")
         self.st.train()  # loaded in eval mode; fine-tuning keeps the model's own dropout
+        # sentence-transformers pool the token states themselves: the transformer's own pooler head never reaches
+        # the embedding, gets no gradient, and DDP refuses parameters without one (so it is frozen, not trained)
+        for name, parameter in self.st.named_parameters():
+            if ".pooler." in name:
+                parameter.requires_grad_(False)
         return SentenceTransformerEncoder(self.st, int(tok.mask_token_id), list(tok.all_special_ids))
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -5,7 +5,9 @@ Each line names the library message it removes and why; everything else librarie
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 
 # Lightning >= 2.6 logs an advert for its hosted logger ("💡 Tip: ... litlogger") through rank_zero_info
 # on every Trainer that has no LitLogger, i.e. on every extract and fit: not information about the run.
@@ -21,6 +23,16 @@ _OPENCLIP_RANDOM = "No pretrained weights loaded for model"
 _SEED_LOGGER = "lightning.fabric.utilities.seed"
 # rank_zero_info's logger is whichever of these Lightning's modules imported last
 _RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+#: For every jsonargparse parser of a command (LightningCLI's ``parser_kwargs`` too): a mistake (an unknown key,
+#: a wrong type, a missing --config file) raises ``argparse.ArgumentError`` instead of printing the whole usage
+#: (60 lines for extract) before its message; ``spatial_probing.cli.main`` prints it as one ``error:`` line.
+PARSER_KWARGS = {"exit_on_error": False}
+
+
+def parser_error(command: str, exc: argparse.ArgumentError) -> int:
+    """Print a parser mistake as one ``error:`` line (its message spans lines: "key:\\n  Expected ..."); status 2."""
+    print(f"error: {' '.join(str(exc).split())}; see spatial-probing {command} --help", file=sys.stderr)
+    return 2
 
 
 class _DropAdverts(logging.Filter):

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from spatial_probing.errors import ConfigError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -42,6 +44,16 @@ def atomic_write(path: str | Path, data: bytes | str, encoding: str = "utf-8") -
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode(encoding) if isinstance(data, str) else data)
     return Path(path)
+
+
+def check_writable(directory: Path, option: str = "--out_dir") -> None:
+    """Refuse a ``directory`` that cannot be written (created if missing) before anything is computed."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{option} {directory} is not writable ({exc.strerror}); choose another {option}") from exc
 
 
 def _umask() -> int:

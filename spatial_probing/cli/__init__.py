@@ -15,12 +15,13 @@ resolved config. The commands that write a run's files sit here, above every lay
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
 from typing import Literal
 
-from spatial_probing.console import quiet_libraries
+from spatial_probing.console import PARSER_KWARGS, parser_error, quiet_libraries
 from spatial_probing.errors import SpatialProbingError
 from spatial_probing.stop import stop_on_signal
 
@@ -73,6 +74,7 @@ def run_extract(args: list[str]) -> int:
         save_config_callback=None,
         seed_everything_default=0,  # explicit: LightningCLI warns "No seed found" on every run without one
         trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False},
+        parser_kwargs=PARSER_KWARGS,
     )
     cfg = cli.config
     entry = extract(cli.trainer, cli.model, cli.datamodule, cfg.feature_root, cfg.dtype, cfg.overwrite)
@@ -146,4 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     except SpatialProbingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except argparse.ArgumentError as exc:
+        return parser_error(argv[0], exc)
 

@@ -22,13 +22,14 @@ from spatial_probing.analysis.features import FeatureIndex
 from spatial_probing.analysis.published import published_table
 from spatial_probing.analysis.stats import write_stats
 from spatial_probing.analysis.truth import Truth
-from spatial_probing.io import atomic_write
+from spatial_probing.console import PARSER_KWARGS
+from spatial_probing.io import atomic_write, check_writable
 from spatial_probing.report.build import write_report
 from spatial_probing.report.tables import headline
 
 
 def parser() -> ArgumentParser:
-    p = ArgumentParser(prog="spatial-probing analyze", description=__doc__)
+    p = ArgumentParser(prog="spatial-probing analyze", description=__doc__, **PARSER_KWARGS)
     p.add_argument("--config", action=ActionConfigFile)
     p.add_argument("--feature_root", type=str, default="outputs/features", help="Root of the feature cache.")
     p.add_argument("--encoders", type=list[str] | None, default=None,
@@ -54,15 +55,18 @@ def run_analyze(args: list[str]) -> int:
     init = p.instantiate_classes(cfg)
     index = FeatureIndex(cfg.feature_root, cfg.encoders)
     out_dir = Path(cfg.out_dir)
+    check_writable(out_dir)
     rows: list[dict] = []
-    stats_path = write_stats(rows, out_dir / "stats.csv")
+    # an out_dir's earlier stats.csv is replaced only once this run has rows of its own to write
+    stats_path = out_dir / "stats.csv"
     for analysis in init.analyses:
         start = time.perf_counter()
         rows += analysis.run(index)
         print(f"{analysis!r}: {time.perf_counter() - start:.1f} s")
         # written after every analysis: an error in a later one loses nothing already computed
         stats_path = write_stats(rows, out_dir / "stats.csv")
-    written = [stats_path, atomic_write(out_dir / "config.yaml", p.dump(cfg))]
+    written = [stats_path] if rows else []
+    written.append(atomic_write(out_dir / "config.yaml", p.dump(cfg)))
     print(summary_table(pd.read_csv(stats_path).fillna({"view": ""})) if rows else "no analysis configured")
     # VSR's published figures sit beside truth results on VSR
     if any(isinstance(a, Truth) and a.dataset.startswith("vsr") for a in init.analyses):

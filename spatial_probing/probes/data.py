@@ -9,7 +9,7 @@ checked (`check_features`, one dataset per run) before anything is fitted.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,12 +61,24 @@ def find_entries(features: list[str], feature_root: str | None = None, dataset: 
             found.extend(sorted(m.parent for m in path.rglob("meta.json") if not _unfinished(m.relative_to(path))))
         else:
             raise FeatureError(f"feature entry {path} does not exist; run `spatial-probing extract` first")
+    found = _once(found)
     if dataset is not None:
         found = [p for p in found if _entry_dataset(p) == dataset]
     if not found:
         raise FeatureError(f"no complete feature-cache entries found in {[str(i) for i in items]}"
                            + (f" for dataset {dataset!r}" if dataset else ""))
     return found
+
+
+def _once(paths: list[Path]) -> list[Path]:
+    """Each entry once, in first-listed order: an entry named twice (directly, or inside a listed directory) is
+    one probe set, never two copies pooled into every mean."""
+    unique: dict[Path, Path] = {}
+    for path in paths:
+        unique.setdefault(path.resolve(), path)
+    if len(unique) < len(paths):
+        print(f"note: {len(paths) - len(unique)} feature entries were listed more than once; each is probed once")
+    return list(unique.values())
 
 
 def _unfinished(meta_path: Path) -> bool:
@@ -115,6 +127,31 @@ def _check_one_dataset(entries: list[FeatureEntry]) -> None:
             f"the entries found belong to {len(by_dataset)} datasets ({listing}); probe one dataset per run "
             "with --data.dataset NAME or list its entries in --data.features"
         )
+
+
+def _two_class_targets(task: ProbeTask, train: np.ndarray, test: np.ndarray, what: str) -> np.ndarray:
+    """[T] False for targets whose training or test rows hold a single class in some fold, announced with a
+    count: such a fold has no F1 to measure (scikit-learn would score it 0, or 0.5 macro), so the target is left
+    out of every result row and mean instead of lowering them."""
+    y = task.targets.astype(bool)[None]  # [1, n, T] against masks [F, n, T]
+    single = [(m & y).sum(1) % np.maximum(m.sum(1), 1) == 0 for m in (train, test)]  # no positive, or all
+    bad_folds = single[0] | single[1]  # [F, T]
+    keep = ~bad_folds.any(axis=0)
+    if not keep.all():
+        skipped = ", ".join(f"{task.target_names[t]!r} (folds {', '.join(map(str, np.flatnonzero(bad_folds[:, t])))})"
+                            for t in np.flatnonzero(~keep)[:_SHOW_ROWS])
+        print(f"warning: {what}: {int((~keep).sum())} of {len(keep)} targets skipped, their training or test rows "
+              f"hold a single class in some fold: {skipped}; they are in no result row and no mean. Lower "
+              "--data.n_splits or raise --data.task.min_count", flush=True)
+    if not keep.any():
+        raise FeatureError(f"{what}: every target has a single class in some fold; nothing can be probed")
+    return keep
+
+
+def _keep_targets(task: ProbeTask, keep: np.ndarray) -> ProbeTask:
+    """``task`` with only the target columns ``keep`` (a boolean mask over its targets)."""
+    return replace(task, targets=task.targets[:, keep], row_mask=task.row_mask[:, keep],
+                   target_names=tuple(n for n, k in zip(task.target_names, keep, strict=True) if k))
 
 
 @dataclass
@@ -246,7 +283,10 @@ class ProbeDataModule(pl.LightningDataModule):
         ids = target_folds(task.targets, task.row_mask, hp.n_splits, hp.seed, groups)
         rows = np.flatnonzero(entry.valid)
         train, test = fold_masks(ids[rows])
-        return ProbeSet(entry=entry, rows=rows, task=task.subset(rows), train_mask=train, test_mask=test)
+        task = task.subset(rows)
+        keep = _two_class_targets(task, train, test, f"{entry.meta.get('encoder', entry.path)} ({task.name})")
+        return ProbeSet(entry=entry, rows=rows, task=_keep_targets(task, keep), train_mask=train[..., keep],
+                        test_mask=test[..., keep])
 
     def batch(self, index: int) -> dict[str, Any]:
         """The full batch of probe set ``index``: features of its valid rows, targets, fold masks, info."""

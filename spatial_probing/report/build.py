@@ -15,12 +15,13 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
-from spatial_probing.errors import SpatialProbingError
+from spatial_probing.errors import ConfigError, SpatialProbingError
 from spatial_probing.io import atomic_write
 from spatial_probing.probes.results import HEADLINE_METRIC
 from spatial_probing.report.analysis_figures import STATS_TASKS, rsa, stats_layer_curves, stats_task
-from spatial_probing.report.figures import ReportFigure
+from spatial_probing.report.figures import ReportFigure, literal_text
 from spatial_probing.report.html import render_report
 from spatial_probing.report.probe_figures import (
     baselines_and_controls,
@@ -50,7 +51,8 @@ def report_figures(run: RunFiles, reference: str | None = None, metric: str = HE
         lambda: layer_curves(run, metric),
         lambda: stats_layer_curves(run),
     ]
-    return [figure for make in makers if (figure := make()) is not None]
+    with literal_text():
+        return [figure for make in makers if (figure := make()) is not None]
 
 
 @dataclass
@@ -88,9 +90,16 @@ def write_report(results: str | Path | list[str | Path], out: str | Path | None 
     return WrittenReport(path, files, figures, run)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes (an unknown option, a missing --results) are one error line, not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}; see spatial-probing report --help")
+
+
 def main(args: list[str]) -> int:
     """Parse the ``report`` subcommand's options, write the report and print its path."""
-    parser = argparse.ArgumentParser(prog="spatial-probing report", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="spatial-probing report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", required=True, nargs="+",
                         help="`spatial-probing fit` or `analyze` output directories (several: side by side).")
     parser.add_argument("--out", default=None,

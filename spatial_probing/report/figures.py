@@ -11,7 +11,9 @@ probe kind, label widths, the bars and the depth curves several figures draw.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
 from dataclasses import dataclass
 
 import matplotlib
@@ -26,6 +28,8 @@ CHANCE = {"f1_macro": 0.5, "balanced_accuracy": 0.5, "roc_auc": 0.5,
 METRIC_TITLES = {"f1_macro": "macro-F1", "f1_pos": "F1 (positive class)", "accuracy": "accuracy",
                  "balanced_accuracy": "balanced accuracy"}  # fmt: skip
 _ENCODER, _BASELINE, _CONTROL = "#3b6fb6", "#9a9a9a", "#e08a2c"
+# C0 and C1 control characters but tab and newline (config.yaml and captions keep their lines)
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -50,8 +54,28 @@ class ReportFigure:
         buffer = io.BytesIO()
         # svg text stays text (searchable, smaller); metadata off so the bytes do not carry a date
         metadata = {"Date": None} if fmt == "svg" else {"Software": None}
-        self.figure.savefig(buffer, format=fmt, bbox_inches="tight", metadata=metadata, **kwargs)
+        with literal_text():  # tick labels are made while saving
+            self.figure.savefig(buffer, format=fmt, bbox_inches="tight", metadata=metadata, **kwargs)
         return buffer.getvalue()
+
+
+def literal_text() -> contextlib.AbstractContextManager:
+    """Figure text as written: a label with ``$`` (an encoder or relation name) is not read as mathtext."""
+    return matplotlib.rc_context({"text.parse_math": False})
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters shown as ``\\xNN``: they are invalid in SVG (XML) and invisible in HTML."""
+    return _CONTROL_CHARS.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+def printable_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with `printable` text in its column names, index and text cells."""
+    text = frame.select_dtypes(include=["object", "string"]).columns
+    out = frame.assign(**{str(c): frame[c].map(lambda v: printable(v) if isinstance(v, str) else v) for c in text})
+    out.columns = [printable(c) if isinstance(c, str) else c for c in out.columns]
+    out.index = out.index.map(lambda v: printable(v) if isinstance(v, str) else v)
+    return out
 
 
 def metric_title(metric: str) -> str:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from spatial_probing.encoders.spec import short_encoder
 from spatial_probing.probes.results import HEADLINE_METRIC, comparison_table, summary
-from spatial_probing.report.figures import ReportFigure
+from spatial_probing.report.figures import ReportFigure, printable
 from spatial_probing.report.run_files import RunFiles
 from spatial_probing.report.tables import headline
 
@@ -41,7 +41,7 @@ figcaption { max-width: 60em; color: #444; font-size: 0.9em; } pre { background:
 
 
 def _esc(value: Any) -> str:
-    return html.escape(str(value))
+    return html.escape(printable(value))
 
 
 def _heat(value: float, lo: float, hi: float) -> str:

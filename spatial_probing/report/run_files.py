@@ -19,6 +19,7 @@ from spatial_probing.probes.results import (
     probe_labels,
     results_frame,
 )
+from spatial_probing.report.figures import printable_frame
 
 # text even when every cell is empty (an unset precision) or looks like a number (layer "3")
 _TEXT_COLUMNS = (*IDENTITY_COLUMNS, "target", "metric", "solver", "label_a", "label_b", "method", "level", "warning")
@@ -62,7 +63,8 @@ def _read(path: Path) -> pd.DataFrame:
         raise SpatialProbingError(f"{path} cannot be read as a table ({exc}); write it again") from exc
     if path.name in _REQUIRED:
         _check_table(df, path)
-    return df.fillna(dict.fromkeys(df.columns.intersection(_TEXT_COLUMNS), ""))
+    # names are shown as written in every table and figure, control characters made visible
+    return printable_frame(df.fillna(dict.fromkeys(df.columns.intersection(_TEXT_COLUMNS), "")))
 
 
 def _check_complete_file(path: Path) -> None:
@@ -159,7 +161,7 @@ def _not_a_results_directory(directory: Path) -> str:
     found = [what for name, what in _OTHER_OUTPUTS.items() if (directory / name).exists()]
     if found:
         return f"--results {directory} holds {found[0]}, not probe or analysis results (no results.csv or stats.csv); {fix}"
-    return f"--results {directory} has no results.csv or stats.csv{'' if any(directory.iterdir()) else ' (it is empty)'}; {fix}"
+    return f"no results.csv or stats.csv in {directory}{'' if any(directory.iterdir()) else ' (it is empty)'}; {fix}"
 
 
 def run_names(directories: list[Path]) -> list[str]:

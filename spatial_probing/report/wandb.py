@@ -20,6 +20,7 @@ from lightning.pytorch.loggers.logger import DummyExperiment
 from lightning.pytorch.utilities import rank_zero_warn
 
 from spatial_probing.probes.results import comparison_table, summary
+from spatial_probing.report.figures import printable_frame
 from spatial_probing.report.html import meta_category_table
 
 if TYPE_CHECKING:
@@ -104,6 +105,12 @@ class SafeWandbLogger(WandbLogger):
             except Exception as exc:  # noqa: BLE001 - init errors (network, permissions, bad settings)
                 self._fail("init", exc)
         return DummyExperiment()
+
+    def log_table(self, key: str, columns: list[str] | None = None, data: list[list[Any]] | None = None,
+                  dataframe: Any = None, step: int | None = None) -> None:
+        """W&B's ``log_table`` with the names in the table made `printable` (as in the report)."""
+        dataframe = None if dataframe is None else printable_frame(dataframe)
+        self._guarded(f"table {key}", lambda: super(SafeWandbLogger, self).log_table(key, columns, data, dataframe, step))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         parent = super().log_metrics

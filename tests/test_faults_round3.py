@@ -252,3 +252,41 @@ def test_config_mistake_is_one_line_naming_the_key_or_file(command, case, tmp_pa
 def test_report_option_mistake_is_one_line(args, capsys):
     line = _error(capsys, ["report", *args])
     assert re.search(r"unrecognized arguments|required: --results", line)
+
+
+# --------------------------------------------------------------------------------------------
+# case 6: hostile text in names, and paths with spaces and non-ASCII characters
+
+HOSTILE = "<script>document.title='pwned'</script>&\"q'$x$\x07"
+
+
+def test_hostile_names_are_escaped_in_the_report_figures_and_csvs(tmp_path):
+    import xml.dom.minidom
+
+    rows = toy_rows(relations=("left of", "above", f"near {HOSTILE}"))
+    rows = SpatialRows(name=rows.name, captions=tuple(c + HOSTILE for c in rows.captions), relations=rows.relations,
+                       labels=rows.labels, images=rows.images, image_links=rows.image_links, source=rows.source)
+    write_entry(tmp_path / "feät ures" / "a", rows, toy_features(rows), encoder=f"toy:{HOSTILE}")
+    out = tmp_path / "oüt dir"
+    assert main(_fit_args(out, "--data.feature_root", str(tmp_path / "feät ures"))) == 0
+    page = (out / "report.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "\x07" not in page and "\\x07" in page
+    for svg in (out / "figures").glob("*.svg"):
+        text = svg.read_text()
+        assert "<script>" not in text and "\x07" not in text and "$x$" in text  # literal, not mathtext
+        xml.dom.minidom.parse(str(svg))  # still valid XML
+    results = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert set(results["encoder"]) == {f"toy:{HOSTILE}"}  # the CSV keeps the name exactly (quoted)
+    assert f"near {HOSTILE}" in set(results["target"])
+
+
+def test_wandb_tables_get_printable_names(monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    from spatial_probing.report.wandb import SafeWandbLogger
+
+    seen = {}
+    monkeypatch.setattr(WandbLogger, "log_table", lambda self, key, columns, data, dataframe, step: seen.update(df=dataframe))
+    logger = SafeWandbLogger(offline=True)
+    logger.log_table("t", dataframe=pd.DataFrame({HOSTILE: [HOSTILE]}))
+    assert list(seen["df"].columns) == [HOSTILE.replace("\x07", "\\x07")] and seen["df"].iloc[0, 0] == seen["df"].columns[0]

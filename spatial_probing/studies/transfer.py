@@ -236,6 +236,15 @@ def _estimate(stats: pd.DataFrame, arm: str, key: str, value: str, test: str | N
     return f"{r.estimate:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"
 
 
+def _below_chance(stats: pd.DataFrame, arms: list[str], subset: str, test: str) -> str:
+    """Which arms' intervals lie wholly below chance (0.5), beside the random-init copy's score."""
+    rows = stats[(stats.subset == subset) & (stats.test == test)].set_index("arm")
+    below = [a for a in arms if rows.loc[a, "ci_high"] < 0.5]
+    who = "every arm" if len(below) == len(arms) else ", ".join(below) or "no arm"
+    return (f"Chance is 0.5 (where the bag of words ties); {who} stays below it (interval under 0.5); the "
+            f"random-init copy scores {_estimate(stats, CONTROL, 'subset', subset, test)}.")
+
+
 def answer(s_stats: pd.DataFrame, s_comp: pd.DataFrame, r_stats: pd.DataFrame, r_comp: pd.DataFrame,
            arms: list[str], model: str, level: float) -> list[str]:
     """The answer, from the paired comparisons only: per test and noun group, which arms move the score relative
@@ -255,7 +264,8 @@ def answer(s_stats: pd.DataFrame, s_comp: pd.DataFrame, r_stats: pd.DataFrame, r
                     f"{_estimate(s_stats, UNTOUCHED, 'subset', subset, test)}, the bag of words "
                     f"{_estimate(s_stats, BOW, 'subset', subset, test)}. Fine-tuning detectably raised it for "
                     f"{', '.join(up) or 'no arm'}" + (f" and lowered it for {', '.join(down)}" if down else "") +
-                    ". Against the untouched model: " +
+                    f". {_below_chance(s_stats, arms, subset, test)}"
+                    " Against the untouched model: " +
                     "; ".join(f"{arm} {_cell(r, level)}" for arm, r in vs[UNTOUCHED]) + ".")
             if visual:
                 text += (" Visual arms against text-pair fine-tuning on the same captions (no pixels): " +

@@ -9,6 +9,7 @@ real subprocesses).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
 import shutil
@@ -234,10 +235,11 @@ CONFIG_MISTAKES = {
     "wrong-type": ("--config", "{tmp}/{command}_type.yaml", r"Parser key \"\w+(\.\w+)?\": Expected a <class '(int|str)'>"),
     "unknown-option": ("--bogus", "1", r"unrecognized arguments: --bogus 1"),
 }
-WRONG_TYPES = {"extract": "data: {batch_size: abc}", "fit": "data: {n_splits: abc}", "analyze": "feature_root: [1, 2]"}
+WRONG_TYPES = {"extract": "data: {batch_size: abc}", "fit": "data: {n_splits: abc}", "analyze": "feature_root: [1, 2]",
+               "train-grounding": "data: {batch_size: abc}"}
 
 
-@pytest.mark.parametrize("command", ["extract", "fit", "analyze"])
+@pytest.mark.parametrize("command", list(WRONG_TYPES))
 @pytest.mark.parametrize("case", CONFIG_MISTAKES)
 def test_config_mistake_is_one_line_naming_the_key_or_file(command, case, tmp_path, capsys):
     (tmp_path / "unknown.yaml").write_text("bogus_key: 1\n")
@@ -246,6 +248,18 @@ def test_config_mistake_is_one_line_naming_the_key_or_file(command, case, tmp_pa
     line = _error(capsys, [command, option, value.format(tmp=tmp_path, command=command)])
     assert re.search(message, line) and line.endswith(f"; see spatial-probing {command} --help")
     assert "usage:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("study", "args", "message"), [
+    ("grounding", ["--config", "x.yaml"], "unrecognized arguments: --config x.yaml"),
+    ("grounding", ["--steps", "many"], "argument --steps: invalid int value: 'many'"),
+    ("transfer", ["--eval_rows", "1.5"], "argument --eval_rows: invalid int value: '1.5'"),
+])
+def test_study_option_mistake_is_one_line(study, args, message, capsys):
+    module = importlib.import_module(f"spatial_probing.studies.{study}")
+    assert module.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {message}; see python -m spatial_probing.studies.{study} --help"
 
 
 @pytest.mark.parametrize("args", [["--bogus", "1"], ["--config", "x.yaml"], []])

@@ -24,6 +24,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
+from spatial_probing.console import PARSER_KWARGS
 from spatial_probing.errors import DataError
 from spatial_probing.grounding.datamodule import GroundingDataModule
 from spatial_probing.grounding.module import GroundingModule
@@ -55,7 +56,7 @@ def build_cli(args: list[str], run: bool = False) -> GroundingCLI:
         args=args,
         run=run,
         save_config_callback=None,
-        parser_kwargs={"default_config_files": [str(BASE_CONFIG)]},
+        parser_kwargs={**PARSER_KWARGS, "default_config_files": [str(BASE_CONFIG)]},
         trainer_defaults={"max_epochs": -1, "enable_checkpointing": False, "enable_model_summary": False},
     )
 

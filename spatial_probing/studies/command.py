@@ -7,15 +7,25 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-from spatial_probing.errors import SpatialProbingError
+from spatial_probing.errors import ConfigError, SpatialProbingError
 
 
-def study_parser(doc: str | None, arms: list[str], seeds: list[int], steps: int, out_dir: str) -> argparse.ArgumentParser:
-    """``--arms --seeds --steps --train_args --n_boot --level --out_dir --demo`` with the study's defaults."""
+class StudyParser(argparse.ArgumentParser):
+    """argparse whose mistakes (an unknown option, a value of the wrong type) are one error line, not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}; see {self.prog} --help")
+
+
+def study_parser(module: str, doc: str | None, arms: list[str], seeds: list[int], steps: int,
+                 out_dir: str) -> argparse.ArgumentParser:
+    """``--arms --seeds --steps --train_args --n_boot --level --out_dir --demo`` with the study's defaults; its
+    messages name the command ``python -m <module>``."""
     # spinning OpenMP threads made training 14x slower on a shared 2-core machine (measured); the user's setting wins
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StudyParser(prog=f"python -m {module}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=arms, help=f"arm configs under configs/grounding (default: {' '.join(arms)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=seeds)
     parser.add_argument("--steps", type=int, default=steps, help="training steps of every run")
@@ -27,10 +37,11 @@ def study_parser(doc: str | None, arms: list[str], seeds: list[int], steps: int,
     return parser
 
 
-def run_study_command(run: Callable[[], Path]) -> int:
-    """Run a study; print its report (exit 0) or its user error as one line (exit 2)."""
+def run_study_command(parser: argparse.ArgumentParser, argv: list[str] | None,
+                      run: Callable[[argparse.Namespace], Path]) -> int:
+    """Parse ``argv`` and run the study; print its report (exit 0) or the user's mistake as one line (exit 2)."""
     try:
-        report = run()
+        report = run(parser.parse_args(argv))
     except SpatialProbingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

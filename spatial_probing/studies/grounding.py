@@ -447,12 +447,12 @@ def _probe_sentence(stats: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = study_parser(__doc__, list(ARMS), [0, 1, 2, 3, 4], 3000, "outputs/grounding/study")
+    parser = study_parser(__spec__.name, __doc__, list(ARMS), [0, 1, 2, 3, 4], 3000, "outputs/grounding/study")
     parser.add_argument("--n_probe", type=int, default=400, help="held-out probe scenes (4 captions each)")
     parser.add_argument("--probe_seed", type=int, default=12345)
-    a = parser.parse_args(argv)
-    return run_study_command(lambda: run_study(a.arms, a.seeds, Path(a.out_dir), a.steps, shlex.split(a.train_args),
-                                               a.n_probe, a.probe_seed, a.n_boot, a.level, a.demo))
+    return run_study_command(parser, argv, lambda a: run_study(
+        a.arms, a.seeds, Path(a.out_dir), a.steps, shlex.split(a.train_args), a.n_probe, a.probe_seed, a.n_boot,
+        a.level, a.demo))
 
 
 if __name__ == "__main__":

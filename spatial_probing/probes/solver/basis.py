@@ -7,7 +7,10 @@ torch; any float dtype) and bound the threads a small operation runs on.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,8 +19,37 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor
 
 
+# (m, k, n, dtype, transposed) of an [m, k] x [k, n] product; transposed: A is a transposed view
+Shape = tuple[int, int, int, torch.dtype, bool]
+_PRODUCTS: ContextVar[Counter[Shape] | None] = ContextVar("solver_products", default=None)
+
+
 def as_tensor(a: ArrayLike) -> torch.Tensor:
     return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
+
+
+@contextmanager
+def counting_products() -> Iterator[Counter[Shape]]:
+    """Count every matrix product the solver performs inside the block, by shape and dtype.
+
+    ``benchmarks/probe_speed.py`` times each counted shape at this machine's rates: the sum is the
+    fit's GEMM floor, what it would take if nothing but its products cost time.
+    """
+    counts: Counter[Shape] = Counter()
+    token = _PRODUCTS.set(counts)
+    try:
+        yield counts
+    finally:
+        _PRODUCTS.reset(token)
+
+
+def matmul(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``A @ B`` (A may be batched: its leading axes count as rows), counted when `counting_products` is on."""
+    counts = _PRODUCTS.get()
+    if counts is not None:
+        transposed = A.ndim == 2 and A.stride(0) == 1 and A.shape[1] > 1
+        counts[(A.numel() // A.shape[-1], A.shape[-1], B.shape[-1] if B.ndim > 1 else 1, A.dtype, transposed)] += 1
+    return A @ B
 
 
 @dataclass
@@ -62,7 +94,7 @@ class Basis:
         # float32 products suffice: the Gram matrix only sets the basis (orthogonal to float64
         # precision whatever its accuracy, as eigh runs in float64) and the preconditioner's scale.
         gram = sum(
-            ((xb - mu) * counts[sl, None].sqrt()).float().T @ ((xb - mu) * counts[sl, None].sqrt()).float()
+            matmul(((xb - mu) * counts[sl, None].sqrt()).float().T, ((xb - mu) * counts[sl, None].sqrt()).float())
             for sl, xb in blocks()
         )
         lam, V = _eigh(gram.double())
@@ -75,7 +107,7 @@ class Basis:
         store = torch.float32 if dtype == torch.bfloat16 else dtype
         Z = torch.empty(len(first), len(lam), dtype=store, device=dev)
         for sl, xb in blocks():
-            Z[sl] = ((xb - mu) @ V).to(store)
+            Z[sl] = matmul(xb - mu, V).to(store)
         Zh = Z.to(dtype)
         return cls(Z=Z, Zh=Zh, mu=mu, V=V, lam=lam.clamp_min(0), row_of=row_of, n_rows=int(n_rows), block=block)
 
@@ -84,38 +116,51 @@ class Basis:
         """Precision of CG's vectors: Z's (bfloat16 is only ever the matrix side of a product)."""
         return self.Z.dtype
 
-    def hz(self, P: torch.Tensor) -> torch.Tensor:
-        """``Z @ P`` at HVP precision, returned in `vec_dtype`."""
-        return (self.Zh @ P.to(self.Zh.dtype)).to(self.Z.dtype)
+    def hz(self, P: torch.Tensor, stored: torch.Tensor | None = None) -> torch.Tensor:
+        """``Z @ P`` at HVP precision, returned in `vec_dtype`; the columns ``stored`` marks at Z's own precision."""
+        return self._hvp(lambda Z, M: matmul(Z, M), P, stored)
 
-    def htz(self, R: torch.Tensor) -> torch.Tensor:
-        """``Z.T @ R`` at HVP precision, returned in `vec_dtype`."""
-        return (self.Zh.T @ R.to(self.Zh.dtype)).to(self.Z.dtype)
+    def htz(self, R: torch.Tensor, stored: torch.Tensor | None = None) -> torch.Tensor:
+        """``Z.T @ R`` at HVP precision, returned in `vec_dtype`; the columns ``stored`` marks at Z's own precision."""
+        return self._hvp(lambda Z, M: matmul(Z.T, M), R, stored)
+
+    def _hvp(self, product, M: torch.Tensor, stored: torch.Tensor | None) -> torch.Tensor:
+        """``product(Zh, M)``, except the columns ``stored`` marks, which get ``product(Z, M)``: badly
+        conditioned problems, whose CG stalls on bfloat16's rounding (see `newton._pcg`)."""
+        if self.Zh is self.Z or stored is None or not bool(stored.any()):
+            return product(self.Zh, M.to(self.Zh.dtype)).to(self.Z.dtype)
+        if bool(stored.all()):
+            return product(self.Z, M)
+        out = torch.empty(self.Z.shape[0] if M.shape[0] == self.Z.shape[1] else self.Z.shape[1], M.shape[1],
+                          dtype=self.Z.dtype, device=M.device)  # fmt: skip
+        out[:, stored] = product(self.Z, M[:, stored])
+        out[:, ~stored] = product(self.Zh, M[:, ~stored].to(self.Zh.dtype)).to(self.Z.dtype)
+        return out
 
     def mm(self, B: torch.Tensor) -> torch.Tensor:
         """``Z @ B`` at Z's precision, as float64 (B float64)."""
-        return (self.Z @ B.to(self.Z.dtype)).double()
+        return matmul(self.Z, B.to(self.Z.dtype)).double()
 
     def tmm(self, R: torch.Tensor) -> torch.Tensor:
         """``Z.T @ R`` at Z's precision, as float64 (R float64)."""
-        return (self.Z.T @ R.to(self.Z.dtype)).double()
+        return matmul(self.Z.T, R.to(self.Z.dtype)).double()
 
     def mm64(self, B: torch.Tensor) -> torch.Tensor:
         """``Z @ B`` in float64 (Z's stored values, upcast block by block)."""
         if self.Z.dtype == torch.float64:
-            return self.Z @ B
+            return matmul(self.Z, B)
         out = torch.empty(self.Z.shape[0], B.shape[1], dtype=torch.float64, device=B.device)
         for i in range(0, self.Z.shape[0], self.block):
-            out[i : i + self.block] = self.Z[i : i + self.block].double() @ B
+            out[i : i + self.block] = matmul(self.Z[i : i + self.block].double(), B)
         return out
 
     def tmm64(self, R: torch.Tensor) -> torch.Tensor:
         """``Z.T @ R`` in float64 (Z's stored values, upcast block by block)."""
         if self.Z.dtype == torch.float64:
-            return self.Z.T @ R
+            return matmul(self.Z.T, R)
         out = torch.zeros(self.Z.shape[1], R.shape[1], dtype=torch.float64, device=R.device)
         for i in range(0, self.Z.shape[0], self.block):
-            out += self.Z[i : i + self.block].double().T @ R[i : i + self.block]
+            out += matmul(self.Z[i : i + self.block].double().T, R[i : i + self.block])
         return out
 
     def merge(self, A: torch.Tensor) -> torch.Tensor:
@@ -142,7 +187,7 @@ def _distinct_rows(X: ArrayLike, rows: np.ndarray, block: int) -> tuple[np.ndarr
     proj = torch.from_numpy(np.random.default_rng(0).standard_normal(X.shape[1]))
     h = np.concatenate(
         [
-            (rows64(X, rows[i : i + block], torch.device("cpu")) @ proj).numpy()
+            matmul(rows64(X, rows[i : i + block], torch.device("cpu")), proj).numpy()
             for i in range(0, len(rows), block)
         ]
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spatial_probing.probes.solver.basis import Basis
+from spatial_probing.probes.solver.basis import Basis, matmul
 from spatial_probing.probes.solver.objective import Problems, Solved, loss, loss_derivatives, loss_slope
 from spatial_probing.probes.solver.preconditioner import LEAD, Preconditioner, lead_blocks
 
@@ -185,7 +185,7 @@ def _start(basis: Basis, problems: Problems, idx: torch.Tensor, init: Init | Non
 
 def _orig_grad_max(basis: Basis, gw: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
     """Max abs gradient in the original coordinates: d/dw = V g_u + mu g_b, d/db = g_b."""
-    g = basis.V @ gw + basis.mu[:, None] * gb
+    g = matmul(basis.V, gw) + basis.mu[:, None] * gb
     return torch.maximum(g.abs().amax(0), gb.abs())
 
 
@@ -200,14 +200,16 @@ def _pcg(basis: Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow:
     step, ``cg_slow`` once it has taken ``slow_after`` steps: a problem still going by then is badly
     conditioned (large C on nearly separable, duplicated rows such as the masked n-gram baseline),
     where short CG runs give poor directions and Newton crawls (60+ steps at C = 1e4 with 6 iterations,
-    12 with 24). Returns the float64 step and ``Z s_w + s_b``,
+    12 with 24); such a problem's products are also taken at Z's own precision, not bfloat16, whose
+    rounding stalls CG on it (the masked n-grams: 13 Newton steps on average instead of 5). Returns the float64 step and ``Z s_w + s_b``,
     accumulated from CG's products (so it costs no GEMM) when they are in Z's precision, else
     None (bfloat16 products would put their rounding into the margins).
     """
     dt = basis.vec_dtype
     Cq = state.C.to(dt)
     h = Cq * D.sum(0)
-    c = Cq * basis.htz(D)
+    slow = state.steps >= slow_after
+    c = Cq * basis.htz(D, slow)
     precond = Preconditioner(basis, D, Cq, c, h, state.lead, state.lead_dsum)
     x = torch.zeros_like(c)
     zx = torch.zeros_like(D) if basis.Zh is basis.Z else None
@@ -218,10 +220,11 @@ def _pcg(basis: Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow:
     z = precond(ra, idx)
     p = z
     rz = (ra * z).sum(0)
-    budget = torch.where(state.steps >= slow_after, cg_slow, cg_max)
+    budget = torch.where(slow, cg_slow, cg_max)
     for it in range(int(budget.max())):
-        q = basis.hz(p)
-        Sp = p + Ca * basis.htz(Da * q) - ca * ((ca * p).sum(0) / ha)
+        sa = slow[idx]
+        q = basis.hz(p, sa)
+        Sp = p + Ca * basis.htz(Da * q, sa) - ca * ((ca * p).sum(0) / ha)
         alpha = rz / (p * Sp).sum(0)
         x.index_add_(1, idx, alpha * p)
         if zx is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from spatial_probing.probes.solver.basis import Basis
+from spatial_probing.probes.solver.basis import Basis, matmul
 
 LEAD = 48  # leading rotated directions whose curvature block the preconditioner takes exactly
 
@@ -60,9 +60,9 @@ def lead_blocks(basis: Basis, D: torch.Tensor, k: int, rows: int = 256) -> torch
     lead = Z[:, d - k :]
     for r in range(0, u, rows):
         zb = lead[r : r + rows]
-        G += (zb[:, i] * zb[:, j]).T @ D[r : r + rows]
+        G += matmul((zb[:, i] * zb[:, j]).T, D[r : r + rows])
     B = torch.empty(D.shape[1], k, k, dtype=Z.dtype, device=Z.device)
     B[:, i, j] = G.T
     B[:, j, i] = G.T
-    c = (lead.T @ D).T
+    c = matmul(lead.T, D).T
     return (B - c[:, :, None] * c[:, None, :] / D.sum(0)[:, None, None]).permute(1, 2, 0)

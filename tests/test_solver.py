@@ -256,3 +256,14 @@ def test_stored_columns_get_z_precision_and_the_rest_bfloat16():
     assert not torch.equal(rounded, exact)  # the two precisions differ, so the test tells them apart
     assert torch.equal(basis.htz(R, stored)[:, stored], (basis.Z.T @ R)[:, stored])
     assert torch.equal(basis.hz(P), rounded) and torch.equal(basis.hz(P, torch.ones(4, dtype=torch.bool)), exact)
+
+
+def test_sklearn_reference_takes_sparse_features_to_the_same_answer():
+    from scipy import sparse
+
+    X, Y, train, _ = _data()
+    X = np.where(X > 1.0, 1.0, 0.0).astype(np.float64)  # binary, like the n-gram baselines
+    dense = fit_sklearn(X, Y, train, [1.0], tol=1e-10, max_iter=5000)
+    csr = fit_sklearn(sparse.csr_matrix(X), Y, train, [1.0], tol=1e-10, max_iter=5000)
+    assert torch.allclose(dense.W, csr.W, atol=1e-6) and torch.allclose(dense.b, csr.b, atol=1e-6)
+    assert torch.allclose(dense.grad_max, csr.grad_max, atol=1e-7)  # graded on the dense features alike

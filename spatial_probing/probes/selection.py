@@ -38,6 +38,19 @@ class CSelection:
         return self.outer[metric].gather(1, self.best_index[:, None]).squeeze(1)
 
 
+def nested_masks(
+    Y: ArrayLike, train: np.ndarray, inner_splits: int = 5, seed: int = 42
+) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Every problem of a nested selection: training masks ``[F * K + F, n, T]`` (K inner training sets per
+    outer fold, then the outer training sets), each fold's parent (`fit_logreg`'s ``parents``: an inner fit
+    starts from its outer fold's, which holds (K-1)/K of its rows) and the inner test masks ``[F * K, n, T]``."""
+    n_outer, K = train.shape[0], inner_splits
+    inner_train, inner_test = inner_folds(np.asarray(Y), train, inner_splits, seed)
+    masks = np.concatenate([inner_train.reshape(n_outer * K, *train.shape[1:]), train])
+    parents = [n_outer * K + f for f in range(n_outer) for _ in range(K)] + [-1] * n_outer
+    return masks, parents, inner_test.reshape(n_outer * K, *train.shape[1:])
+
+
 def select_C(
     X: ArrayLike,
     Y: ArrayLike,
@@ -56,16 +69,11 @@ def select_C(
     `fit_logreg` call (``fit_kwargs`` go to it), the inner ones warm-started from the refits.
     """
     train = np.asarray(train_mask, dtype=bool)
-    n_outer = train.shape[0]
-    inner_train, inner_test = inner_folds(np.asarray(Y), train, inner_splits, seed)
-    K = inner_splits
-    # Problem masks: K inner training sets per outer fold, then the outer training sets; each
-    # inner fit starts from its outer fold's (it holds (K-1)/K of those rows).
-    masks = np.concatenate([inner_train.reshape(n_outer * K, *train.shape[1:]), train])
-    parents = [n_outer * K + f for f in range(n_outer) for _ in range(K)] + [-1] * n_outer
+    n_outer, K = train.shape[0], inner_splits
+    masks, parents, inner_test = nested_masks(Y, train, inner_splits, seed)
     fit = fit_logreg(X, Y, masks, Cs, parents=parents, **fit_kwargs)
     inner_fit, refit = folds(fit, slice(0, n_outer * K)), folds(fit, slice(n_outer * K, None))
-    inner = fit_metrics(X, Y, inner_test.reshape(n_outer * K, *train.shape[1:]), inner_fit)["f1_macro"]
+    inner = fit_metrics(X, Y, inner_test, inner_fit)["f1_macro"]
     inner = inner.reshape(n_outer, K, *inner.shape[1:]).mean(1)  # [F, C, T]
     return CSelection(
         Cs=fit.Cs,

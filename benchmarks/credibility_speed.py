@@ -1,0 +1,132 @@
+"""The credibility table of one encoder end to end, against its probes solved by scikit-learn, same run.
+
+    python benchmarks/credibility_speed.py [--features DIR] [--config configs/probe/credibility.yaml]
+                                           [--repeats 3] [--sklearn-targets 4]
+
+Ours: ``spatial-probing fit --config configs/probe/credibility.yaml --data.features [DIR]`` in a
+subprocess, everything a user waits for (imports, loading, the nested C selection of every probe set,
+MDL, bootstraps, permutation tests, report.html), best of ``--repeats``.
+
+scikit-learn: the nested C-selection problems of the same probe sets (the encoder, its control task,
+the word n-gram and relation-masked n-gram baselines; the majority baseline fits nothing), built by the
+same code (`ProbeDataModule`, `selection.nested_masks`) at the config's settings (C grid, balanced class
+weights, ``tol``, L2-normalised rows), the n-grams as sparse CSR matrices, solved by the strongest set-up of
+``benchmarks/probe_speed.py``: lbfgs, joblib over every core with one BLAS thread per worker, the folds
+of each (C, target) warm-started in order. It runs on ``--sklearn-targets`` evenly spaced targets of
+each probe set and is extrapolated linearly to all of them (each target is its own problems, so the
+time scales with their number). MDL, bootstraps and the report are not charged to scikit-learn, so
+the ratio understates its time.
+
+Prints the CPU's bfloat16 flags and GEMM rates, each probe set's scikit-learn time (measured on the
+subset, extrapolated), the table's time, and LAST ``speedup (scikit-learn / ours)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from scipy import sparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks' helpers
+from extract_speed import bf16_instructions  # noqa: E402
+from probe_speed import DEFAULT_FEATURES, gemm_pair_ms, timed  # noqa: E402
+
+from spatial_probing.probes.baselines import PREFIX, is_majority  # noqa: E402
+from spatial_probing.probes.data import ProbeDataModule  # noqa: E402
+from spatial_probing.probes.selection import nested_masks  # noqa: E402
+from spatial_probing.probes.sklearn_ref import fit_sklearn  # noqa: E402
+from spatial_probing.tasks.relation_type import RelationType  # noqa: E402
+
+
+def table_seconds(config: Path, features: Path, repeats: int) -> float:
+    """Best wall time of the whole ``spatial-probing fit`` of the table (a fresh process each time)."""
+    feature_root, entry = features.parents[2], features.relative_to(features.parents[2])
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        with tempfile.TemporaryDirectory() as out:
+            cmd = [sys.executable, "-m", "spatial_probing.cli", "fit", "--config", str(config),
+                   "--data.feature_root", str(feature_root), "--data.features", f"[{entry}]",
+                   "--out_dir", out, "--trainer.logger", "false"]  # fmt: skip
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def probe_sets(config: dict, features: Path) -> ProbeDataModule:
+    """The config's probe sets of ``features``, as the fit builds them."""
+    data = config["data"]
+    task = data["task"]
+    if task["class_path"].rsplit(".", 1)[-1] != "RelationType":
+        raise SystemExit(f"this benchmark builds the relation-type task; the config asks for {task['class_path']}")
+    dm = ProbeDataModule(
+        features=[str(features)], task=RelationType(**task.get("init_args", {})), n_splits=data["n_splits"],
+        seed=data["seed"], folds=data["folds"], normalize=data["normalize"], baselines=data.get("baselines"),
+        control=data.get("control"),
+    )  # fmt: skip
+    dm.setup()
+    return dm
+
+
+def sklearn_seconds(batch: dict, model: dict, n_targets: int, n_jobs: int) -> tuple[float, int]:
+    """scikit-learn's time for the nested selection of ``n_targets`` evenly spaced targets of one probe set,
+    and the number of problems it solved."""
+    x, y, train = batch["x"].numpy(), batch["y"].numpy(), batch["train_mask"].numpy()
+    keep = np.unique(np.linspace(0, y.shape[1] - 1, n_targets).round().astype(int))
+    masks, _, _ = nested_masks(y[:, keep], train[..., keep], batch["protocol"]["n_splits"], batch["protocol"]["seed"])
+    X = x.astype(np.float64)
+    if batch["info"]["encoder"].startswith(PREFIX):  # the n-grams: binary, ~17 of 2,327 entries per row
+        X = sparse.csr_matrix(X)
+    kwargs = dict(solver="lbfgs", tol=model["tol"], max_iter=20000, class_weight=model.get("class_weight"),
+                  n_jobs=n_jobs, warm_start=True)  # fmt: skip
+    _, seconds = timed(1, fit_sklearn, X, y[:, keep], masks, model["Cs"], **kwargs)
+    return seconds * y.shape[1] / len(keep), masks.shape[0] * len(model["Cs"]) * len(keep)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", type=Path, default=Path(DEFAULT_FEATURES), help="feature-cache entry dir")
+    parser.add_argument("--config", type=Path, default=Path("configs/probe/credibility.yaml"))
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the table; the best counts")
+    parser.add_argument("--sklearn-targets", type=int, default=4, help="targets per probe set scikit-learn solves")
+    args = parser.parse_args()
+    config = yaml.safe_load(args.config.read_text())
+    n_jobs = os.cpu_count() or 1
+
+    found = bf16_instructions()
+    n, d = 7680, 768
+    X = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
+    rates = {dt: 2 * (2 * n * d * 180) / gemm_pair_ms(X, 180, dt) / 1e6 for dt in (torch.float32, torch.bfloat16)}
+    flags = ", ".join(f"{f} {'yes' if f in found else 'no'}" for f in ("avx512_bf16", "amx_bf16", "amx_tile"))
+    print(f"CPU: {flags}; "
+          f"{n_jobs} cores, torch threads {torch.get_num_threads()}; GEMM pair [{n} x {d}] x [{d} x 180]: float32 "
+          f"{rates[torch.float32]:.0f} GFLOP/s, bfloat16 {rates[torch.bfloat16]:.0f} GFLOP/s")  # fmt: skip
+
+    dm = probe_sets(config, args.features)
+    total = 0.0
+    for index in range(len(dm.probe_sets)):
+        batch = dm.batch(index)
+        if is_majority(batch["info"]["encoder"]):
+            continue
+        seconds, problems = sklearn_seconds(batch, config["model"], args.sklearn_targets, n_jobs)
+        total += seconds
+        print(f"scikit-learn {batch['log_label']} ({tuple(batch['x'].shape)}): {problems} problems of "
+              f"{args.sklearn_targets} targets, extrapolated to {batch['y'].shape[1]}: {seconds:.0f} s", flush=True)
+    print(f"scikit-learn, nested selection of every probe set (lbfgs, joblib {n_jobs} workers, tol "
+          f"{config['model']['tol']:g}): {total:.0f} s extrapolated (MDL, bootstraps, report not counted)")
+    ours = table_seconds(args.config, args.features, args.repeats)
+    print(f"the credibility table ({args.config}), whole command, best of {args.repeats}: {ours:.1f} s (goal <= 60 s)")
+    print(f"speedup (scikit-learn {total:.0f} s / ours {ours:.1f} s): {total / ours:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

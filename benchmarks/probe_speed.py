@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from extract_speed import bf16_instructions  # the sibling benchmark's lscpu reader
 
 from spatial_probing.features.entry import load_entry
 from spatial_probing.machine import bf16_supported
@@ -174,6 +175,9 @@ def main() -> None:
         f"{train.shape[0] * len(names)} problems; torch threads {torch.get_num_threads()}, joblib workers {n_jobs}"
     )
     hvp = torch.bfloat16 if bf16_supported() else torch.float32
+    found = bf16_instructions()
+    print("CPU: " + ", ".join(f"{f} {'yes' if f in found else 'no'}" for f in ("avx512_bf16", "amx_bf16", "amx_tile"))
+          + f"; torch CPU capability {torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
     n_problems = train.shape[0] * len(names)
     # The machine's rate for the solver's unit of work, so ratios from different hosts can be compared.
     print(

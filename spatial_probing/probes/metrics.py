@@ -4,7 +4,7 @@
 one-vs-rest probe (``f1_score(average="macro")`` on a test fold holding both classes). Positive-
 class F1, accuracy and balanced accuracy sit beside it. All come from one confusion count, which
 torchmetrics' ``binary_stat_scores`` computes samplewise: one "sample" per (fold, C, target) problem,
-rows outside the problem's test fold marked with ``ignore_index``.
+its test rows padded to a common length with ``ignore_index``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from spatial_probing.probes.solver.predict import predict
 METRICS = ("f1_macro", "f1_pos", "accuracy", "balanced_accuracy")
 
 
-_IGNORE = -1  # target value of rows outside a problem's test fold
+_IGNORE = -1  # target value of the padding after a problem's test rows
 
 
 def confusion(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> dict[str, torch.Tensor]:
@@ -28,12 +28,13 @@ def confusion(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> dict[st
 
     ``pred [F, C, n, T]`` bool, ``Y [n, T]`` in {0, 1}, ``test_mask [F, n, T]``: counts ``[F, C, T]``.
     """
-    y = _tensor(Y).to(pred.device).long()
-    test = _tensor(test_mask).to(pred.device, torch.bool)
-    n_folds, n_c, n, n_targets = pred.shape
-    # one torchmetrics sample per (fold, C, target): its rows, with non-test rows ignored
-    target = torch.where(test, y, _IGNORE)[:, None].expand(n_folds, n_c, n, n_targets)
-    samples = (pred.transpose(2, 3).reshape(-1, n).long(), target.transpose(2, 3).reshape(-1, n))
+    rows, target = _test_rows(_tensor(Y).to(pred.device), _tensor(test_mask).to(pred.device, torch.bool))
+    n_folds, n_c, _, n_targets = pred.shape
+    m = rows.shape[-1]
+    # one torchmetrics sample per (fold, C, target): its test rows only (a fold holds ~1/k of the rows),
+    # padded with ignored entries; bool / int8 inputs, as the counts need no wider type
+    picked = pred.transpose(2, 3).gather(3, rows[:, None].expand(n_folds, n_c, n_targets, m))
+    samples = (picked.reshape(-1, m), target[:, None].expand(n_folds, n_c, n_targets, m).reshape(-1, m))
     n_samples = samples[0].shape[0]
     if n_samples == 1:  # torchmetrics squeezes a lone sample's dimension away: give it a twin, keep one
         samples = tuple(s.repeat(2, 1) for s in samples)
@@ -41,6 +42,20 @@ def confusion(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> dict[st
         *samples, multidim_average="samplewise", ignore_index=_IGNORE, validate_args=False
     )[:n_samples].reshape(n_folds, n_c, n_targets, 5)
     return {name: scores[..., i] for i, name in enumerate(("tp", "fp", "tn", "fn"))}
+
+
+def _test_rows(y: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each (fold, target)'s test rows, in row order and padded to the longest: row indices ``[F, T, m]``
+    and their labels as int8, ``_IGNORE`` in the padding (``y [n, T]``, ``test [F, n, T]``)."""
+    by_problem = test.transpose(1, 2)  # [F, T, n]
+    m = max(int(by_problem.sum(-1).max()), 1)
+    slot = by_problem.cumsum(-1) - 1  # position of each test row among its problem's test rows
+    f, t, i = torch.nonzero(by_problem, as_tuple=True)
+    rows = torch.zeros(*by_problem.shape[:2], m, dtype=torch.int64, device=test.device)
+    target = torch.full(rows.shape, _IGNORE, dtype=torch.int8, device=test.device)
+    rows[f, t, slot[f, t, i]] = i
+    target[f, t, slot[f, t, i]] = y[i, t].to(torch.int8)
+    return rows, target
 
 
 def binary_metrics(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ from spatial_probing.probes.results import (
     results_frame,
     summary,
 )
-from spatial_probing.probes.solver.predict import decision_function
+from spatial_probing.probes.solver.predict import decision_values
 from spatial_probing.probes.stats import (
     SetOutputs,
     StatsOptions,
@@ -218,13 +218,16 @@ class LinearProbe(pl.LightningModule):
     def _held_out_decision(self, batch: dict[str, Any], fit: solver.LogRegFit) -> np.ndarray:
         """``[n, T]`` decision value of each row from the fold where it is a test row, at the reported C."""
         test = batch["test_mask"].cpu()
+        F, _, T = test.shape
         chosen = self._chosen.get(batch["index"])
+        pick = chosen.cpu() if chosen is not None else torch.zeros(F, T, dtype=torch.int64)  # C index per problem
+        folds, targets = torch.meshgrid(torch.arange(F), torch.arange(T), indexing="ij")
+        # the reported probes only ([F, T, d]), all folds in one product: X is converted to float64 once
+        W, b = fit.W[folds, pick, targets], fit.b[folds, pick, targets]
+        dec = decision_values(batch["x"], W.reshape(F * T, -1), b.reshape(-1)).cpu().reshape(-1, F, T)
         out = torch.full(test.shape[1:], float("nan"), dtype=torch.float64)
-        for f in range(test.shape[0]):
-            dec = decision_function(batch["x"], metrics.fold(fit, f))[0].cpu()  # [C, n, T]
-            pick = chosen[f].cpu() if chosen is not None else torch.zeros(dec.shape[-1], dtype=torch.int64)
-            dec = dec.gather(0, pick.expand(1, dec.shape[1], -1))[0]
-            out = torch.where(test[f], dec, out)
+        for f in range(F):
+            out = torch.where(test[f], dec[:, f], out)
         return out.numpy()
 
     def credibility(self) -> tuple[pd.DataFrame, pd.DataFrame] | None:

@@ -9,19 +9,33 @@ from spatial_probing.probes.solver import LogRegFit
 from spatial_probing.probes.solver.basis import ArrayLike, rows64
 
 
-def decision_function(X: ArrayLike, fit: LogRegFit, block: int = 4096) -> torch.Tensor:
-    """Float64 decision values ``x.w + b`` of every row under every problem: ``[F, len(Cs), n, T]``.
+def _block(X: ArrayLike, start: int, stop: int, dtype: torch.dtype, dev: torch.device) -> torch.Tensor:
+    """Rows ``start:stop`` of X (numpy, memory map or torch) as a ``dtype`` tensor on ``dev``.
+
+    A slice, converted once: no row gather and no float64 detour for the float32 products.
+    """
+    rows = X[start:stop]
+    if not isinstance(rows, torch.Tensor):  # copied: a memory map is read-only, torch wants writable arrays
+        rows = torch.from_numpy(np.array(rows))
+    return rows.to(dev, dtype)
+
+
+def decision_values(X: ArrayLike, W: torch.Tensor, b: torch.Tensor, block: int = 4096) -> torch.Tensor:
+    """Float64 decision values ``x.w + b`` of every row under problems ``W [P, d]``, ``b [P]``: ``[n, P]``.
 
     X is converted in row blocks, so no float64 copy of it is made.
     """
+    out = torch.empty(X.shape[0], W.shape[0], dtype=torch.float64, device=W.device)
+    for i in range(0, X.shape[0], block):
+        out[i : i + block] = _block(X, i, i + block, torch.float64, W.device) @ W.T
+    return out.add_(b)
+
+
+def decision_function(X: ArrayLike, fit: LogRegFit, block: int = 4096) -> torch.Tensor:
+    """Float64 decision values ``x.w + b`` of every row under every problem: ``[F, len(Cs), n, T]``."""
     F, nC, T, d = fit.W.shape
-    W = fit.W.reshape(-1, d).T
-    n = X.shape[0]
-    out = torch.empty(n, F * nC * T, dtype=torch.float64, device=W.device)
-    for i in range(0, n, block):
-        out[i : i + block] = rows64(X, np.arange(i, min(i + block, n)), W.device) @ W
-    out += fit.b.reshape(-1)
-    return out.T.reshape(F, nC, T, n).transpose(2, 3)
+    out = decision_values(X, fit.W.reshape(-1, d), fit.b.reshape(-1), block)
+    return out.T.reshape(F, nC, T, -1).transpose(2, 3)
 
 
 def predict(X: ArrayLike, fit: LogRegFit, block: int = 4096) -> torch.Tensor:
@@ -41,14 +55,13 @@ def predict(X: ArrayLike, fit: LogRegFit, block: int = 4096) -> torch.Tensor:
     w_bound, b_bound = W.norm(dim=1).float() * k, b32.abs() * k  # bound = |x| w_bound + b_bound
     out = torch.empty(X.shape[0], W.shape[0], dtype=torch.bool, device=W.device)
     for i in range(0, X.shape[0], block):
-        idx = np.arange(i, min(i + block, X.shape[0]))
-        x = rows64(X, idx, W.device).float()
+        x = _block(X, i, i + block, torch.float32, W.device)
         dec = torch.addmm(b32, x, W32)
         out[i : i + block] = dec > 0
         unsure = torch.nonzero(dec.abs_() <= torch.outer(x.norm(dim=1), w_bound).add_(b_bound))
         if len(unsure):
             r, p = unsure[:, 0], unsure[:, 1]
-            out[i + r, p] = (rows64(X, idx[r.cpu().numpy()], W.device) * W[p]).sum(1) + b[p] > 0
+            out[i + r, p] = (rows64(X, i + r.cpu().numpy(), W.device) * W[p]).sum(1) + b[p] > 0
     return out.T.reshape(F, nC, T, -1).transpose(2, 3)
 
 

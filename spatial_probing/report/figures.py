@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib
 import numpy as np
@@ -42,6 +42,8 @@ class ReportFigure:
     figure: Figure
     #: Rows of data the figure plots (relations in a heatmap), stated in the HTML for readers and tests.
     n_rows: int | None = None
+    # the saved bytes per format and options: the report embeds the PNG it also writes to figures/, drawn once
+    _saved: dict[tuple, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def png(self, dpi: int = 110) -> bytes:
         return self._save("png", dpi=dpi)
@@ -51,12 +53,15 @@ class ReportFigure:
             return self._save("svg")
 
     def _save(self, fmt: str, **kwargs) -> bytes:
-        buffer = io.BytesIO()
-        # svg text stays text (searchable, smaller); metadata off so the bytes do not carry a date
-        metadata = {"Date": None} if fmt == "svg" else {"Software": None}
-        with literal_text():  # tick labels are made while saving
-            self.figure.savefig(buffer, format=fmt, bbox_inches="tight", metadata=metadata, **kwargs)
-        return buffer.getvalue()
+        key = (fmt, *sorted(kwargs.items()))
+        if key not in self._saved:
+            buffer = io.BytesIO()
+            # svg text stays text (searchable, smaller); metadata off so the bytes do not carry a date
+            metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+            with literal_text():  # tick labels are made while saving
+                self.figure.savefig(buffer, format=fmt, bbox_inches="tight", metadata=metadata, **kwargs)
+            self._saved[key] = buffer.getvalue()
+        return self._saved[key]
 
 
 def literal_text() -> contextlib.AbstractContextManager:

@@ -94,7 +94,8 @@ def _check_table(df: pd.DataFrame, path: Path) -> None:
 def _check_grid(results: pd.DataFrame, path: Path) -> None:
     """Every probe has the same rows (metrics x C values) per (target, fold) and the same folds per target,
     which a results.csv cut at a line boundary breaks."""
-    probe = results[PROBE_KEYS].fillna("").astype(str).agg("|".join, axis=1)
+    keys = results[PROBE_KEYS].fillna("").astype(str)
+    probe = keys.iloc[:, 0].str.cat(keys.iloc[:, 1:], sep="|")  # vectorised: a row-wise join is slow at 10^4 rows
     per_fold = results.groupby([probe, results["target"], results["fold"]]).size()
     per_target = per_fold.groupby(level=[0, 1]).size()
     for counts, what in ((per_fold, "metric rows in a fold"), (per_target, "folds of a target")):

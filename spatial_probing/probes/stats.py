@@ -191,6 +191,9 @@ def _with_aggregates(targets: list[str], y: np.ndarray, values: torch.Tensor, op
     return targets + list(weights), torch.cat([values, values @ W], dim=-1)
 
 
+Draws = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]  # per metric: point estimates [T], draws [B, T]
+
+
 class Bootstrap:
     """Seeded resample weights per row set, shared by every probe set over the same rows."""
 
@@ -205,7 +208,7 @@ class Bootstrap:
             self._cache[key] = torch.from_numpy(resample_weights(out.groups, o.unit, o.resamples, o.seed))
         return self._cache[key]
 
-    def draws(self, out: SetOutputs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def draws(self, out: SetOutputs) -> Draws:
         """Point estimates ``[T]`` and bootstrap draws ``[B, T]`` of every metric."""
         F, T = out.test.shape[0], out.y.shape[1]
         ind = out.indicators()
@@ -223,9 +226,9 @@ def stats_table(outputs: list[SetOutputs], options: StatsOptions) -> pd.DataFram
         return pd.DataFrame(columns=list(STATS_COLUMNS))
     boot = Bootstrap(options)
     frames = []
-    by_key = {(o.info["dataset"], o.info["entry"], o.task): o for o in outputs}
-    for out in outputs:
-        est, draws = boot.draws(out)
+    drawn = [boot.draws(out) for out in outputs]  # once per set: a selectivity reuses its two sets' draws
+    by_key = {(o.info["dataset"], o.info["entry"], o.task): i for i, o in enumerate(outputs)}
+    for out, (est, draws) in zip(outputs, drawn, strict=True):
         y_task = out.y & out.test.any(0)
         for metric in METRICS:
             names, e = _with_aggregates(out.targets, y_task, est[metric][None], options)
@@ -235,13 +238,13 @@ def stats_table(outputs: list[SetOutputs], options: StatsOptions) -> pd.DataFram
         if out.task.endswith(CONTROL_SUFFIX):
             base = by_key.get((out.info["dataset"], out.info["entry"], out.task[: -len(CONTROL_SUFFIX)]))
             if base is not None:
-                frames.extend(_selectivity(boot, base, out, options))
+                frames.extend(_selectivity(outputs[base], drawn[base], (est, draws), options, boot.method))
     return pd.DataFrame(pd.concat(frames, ignore_index=True), columns=list(STATS_COLUMNS))
 
 
-def _selectivity(boot: Bootstrap, base: SetOutputs, control: SetOutputs, options: StatsOptions) -> list[pd.DataFrame]:
+def _selectivity(base: SetOutputs, task: Draws, control: Draws, options: StatsOptions, method: str) -> list[pd.DataFrame]:
     """Task minus control score of one entry, per target and aggregate, on the same resamples."""
-    (est_t, draws_t), (est_c, draws_c) = boot.draws(base), boot.draws(control)
+    (est_t, draws_t), (est_c, draws_c) = task, control
     y_task = base.y & base.test.any(0)
     frames = []
     for metric in METRICS:
@@ -249,7 +252,7 @@ def _selectivity(boot: Bootstrap, base: SetOutputs, control: SetOutputs, options
         _, d = _with_aggregates(base.targets, y_task, draws_t[metric] - draws_c[metric], options)
         lo, hi = percentile_interval(d, options.level)
         frames.append(_frame(_identity(base.info), f"selectivity_{metric}", names, e[0].numpy(), lo, hi,
-                             options.level, "task - control; " + boot.method))
+                             options.level, "task - control; " + method))
     return frames
 
 

@@ -160,6 +160,8 @@ def test_several_entries_fit_in_one_run_with_prefixed_metrics(tmp_path):
     logged = model.trainer.callback_metrics
     assert "toy:b_x/summary/f1_macro_mean" in logged
     assert "toy:a/fold2/val/f1_macro/near" in logged
+    # per (fold, target) the headline metric only; every metric as fold means (results.csv holds each value)
+    assert "toy:a/fold2/val/accuracy_mean" in logged and "toy:a/fold2/val/accuracy/near" not in logged
     per_fold = df[(df.encoder == "toy:a") & (df.metric == "f1_macro")].groupby("fold")["value"].mean()
     assert logged["toy:a/summary/f1_macro_mean"].item() == pytest.approx(per_fold.mean(), abs=1e-6)
     assert logged["toy:a/summary/f1_macro_std"].item() == pytest.approx(np.std(per_fold), abs=1e-6)

@@ -2,8 +2,9 @@
 
 ``LinearProbe`` fits every (fold, C, target) probe of an entry in one ``training_step`` (manual
 optimisation: the step *is* the solver), keeps the weights as buffers ``W_<i>`` [F, len(Cs), T, d]
-and ``b_<i>``, and in ``validation_step`` scores the held-out rows, logs ``fold{k}/val/<metric>/<target>``
-and ``summary/<metric>_{mean,std}``, and appends rows to the tidy results table. It stays one file:
+and ``b_<i>``, and in ``validation_step`` scores the held-out rows, logs ``fold{k}/val/f1_macro/<target>``,
+``fold{k}/val/<metric>_mean`` and ``summary/<metric>_{mean,std}``, and appends rows to the tidy results
+table (every metric of every fold and target). It stays one file:
 the solve, the held-out scoring, the kept outputs for the statistics and the result rows are the
 steps of one LightningModule and share its state (fits, records, outputs).
 """
@@ -24,6 +25,7 @@ from spatial_probing.probes import baselines, metrics, selection, sklearn_ref, s
 from spatial_probing.probes.data import check_option
 from spatial_probing.probes.mdl import Codelength, MDLOptions, online_codelength
 from spatial_probing.probes.results import (
+    HEADLINE_METRIC,
     IDENTITY_COLUMNS,
     RESULT_COLUMNS,
     results_frame,
@@ -257,17 +259,20 @@ class LinearProbe(pl.LightningModule):
         return frame[list(RESULT_COLUMNS)]
 
     def _metric_dict(self, frame: pd.DataFrame, prefix: str) -> dict[str, float]:
-        """``<prefix>[C=<c>/]fold{k}/val/<metric>/<target>``, fold means, ``summary/<metric>_{mean,std}``.
+        """``<prefix>[C=<c>/]fold{k}/val/<HEADLINE_METRIC>/<target>``, fold means of every metric,
+        ``summary/<metric>_{mean,std}``.
 
         ``prefix`` names the entry when one run probes several ("/" in encoder names replaced, since
         W&B opens a panel section per "/"); the C level appears only for an unselected C grid, so a
-        single-encoder, single-C run has the plain names.
+        single-encoder, single-C run has the plain names. Per (fold, target) only the headline metric:
+        Lightning keeps a state object per logged name (~0.6 ms each, 3,740 names for every metric of a
+        credibility fit of one encoder), and results.csv holds every value.
         """
         grid = len(self.Cs) > 1 and not self.hparams.select_C
         out: dict[str, float] = {}
         for c, at_c in frame.groupby("C") if grid else [(None, frame)]:
             p = prefix + (f"C={c:g}/" if grid else "")
-            for row in at_c.itertuples():
+            for row in at_c[at_c["metric"] == HEADLINE_METRIC].itertuples():
                 out[f"{p}fold{row.fold}/val/{row.metric}/{row.target}"] = row.value
             for (metric, fold), value in at_c.groupby(["metric", "fold"])["value"].mean().items():
                 out[f"{p}fold{fold}/val/{metric}_mean"] = value

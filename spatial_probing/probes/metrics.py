@@ -80,9 +80,16 @@ def count_metrics(tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torc
 
 
 def fit_metrics(X: ArrayLike, Y: ArrayLike, test_mask: ArrayLike, fit: LogRegFit) -> dict[str, torch.Tensor]:
-    """`binary_metrics` of a fit on its test rows, one fold at a time (bounded memory)."""
+    """`binary_metrics` of a fit on its test rows, one fold at a time (bounded memory).
+
+    Each distinct feature row is predicted once (a prediction is exact, so a function of the row's
+    features): VSR holds every caption twice, with a true and a false image, so text features repeat.
+    """
     test = _tensor(test_mask)
-    per_fold = [binary_metrics(predict(X, fold(fit, f)), Y, test[f : f + 1]) for f in range(fit.W.shape[0])]
+    distinct, row_of = torch.unique(_tensor(X), dim=0, return_inverse=True)
+    per_fold = [
+        binary_metrics(predict(distinct, fold(fit, f))[:, :, row_of], Y, test[f : f + 1]) for f in range(fit.W.shape[0])
+    ]
     return {name: torch.cat([m[name] for m in per_fold]) for name in METRICS}
 
 

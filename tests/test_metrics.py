@@ -79,6 +79,17 @@ def test_fit_metrics_scores_test_rows_of_each_fold():
     torch.testing.assert_close(got["f1_macro"], binary_metrics(predict(X, fit), Y, test)["f1_macro"])
 
 
+def test_fit_metrics_of_repeated_rows_equal_every_row_predicted():
+    # VSR holds every caption twice: fit_metrics predicts each distinct feature row once
+    X, Y, train, _ = _probe_data(2)
+    X2, Y2 = np.concatenate([X, X[::-1]]), np.concatenate([Y, Y[::-1]])
+    fit = fit_logreg(X, Y, train, [0.1, 1.0])
+    test = np.random.default_rng(0).random((3, len(X2), Y.shape[1])) < 0.3
+    got = fit_metrics(X2, Y2, test, fit)
+    want = binary_metrics(predict(X2, fit), Y2, test)
+    assert all(torch.equal(got[name], want[name]) for name in METRICS)
+
+
 def test_select_C_picks_the_best_mean_inner_macro_f1():
     X, Y, train, test = _probe_data(1)
     Cs = [1e-3, 0.1, 10.0]

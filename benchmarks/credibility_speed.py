@@ -37,7 +37,7 @@ import yaml
 from scipy import sparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks' helpers
-from extract_speed import bf16_instructions  # noqa: E402
+from extract_speed import bf16_flags  # noqa: E402
 from probe_speed import DEFAULT_FEATURES, gemm_pair_ms, timed  # noqa: E402
 
 from spatial_probing.probes.baselines import PREFIX, is_majority  # noqa: E402
@@ -102,12 +102,10 @@ def main() -> None:
     config = yaml.safe_load(args.config.read_text())
     n_jobs = os.cpu_count() or 1
 
-    found = bf16_instructions()
     n, d = 7680, 768
     X = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
     rates = {dt: 2 * (2 * n * d * 180) / gemm_pair_ms(X, 180, dt) / 1e6 for dt in (torch.float32, torch.bfloat16)}
-    flags = ", ".join(f"{f} {'yes' if f in found else 'no'}" for f in ("avx512_bf16", "amx_bf16", "amx_tile"))
-    print(f"CPU: {flags}; "
+    print(f"CPU: {bf16_flags()}; "
           f"{n_jobs} cores, torch threads {torch.get_num_threads()}; GEMM pair [{n} x {d}] x [{d} x 180]: float32 "
           f"{rates[torch.float32]:.0f} GFLOP/s, bfloat16 {rates[torch.bfloat16]:.0f} GFLOP/s")  # fmt: skip
 

@@ -49,13 +49,22 @@ def raw_encode(model_dir: str, captions: list[str], batch_size: int) -> tuple[fl
     return time.perf_counter() - start, feats
 
 
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")  # the CPU flags a bf16 / fp32 ratio depends on
+
+
 def bf16_instructions() -> list[str]:
     """The CPU's bfloat16 instruction sets as ``lscpu`` lists them (empty: bf16 autocast is emulated, slow)."""
     try:
         flags = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         return []
-    return sorted({f for f in flags if f in ("amx_bf16", "avx512_bf16", "amx_tile")})
+    return sorted({f for f in flags if f in BF16_FLAGS})
+
+
+def bf16_flags() -> str:
+    """``avx512_bf16 yes, amx_bf16 no, ...``: every benchmark prints it, so ratios from two hosts can be read together."""
+    found = bf16_instructions()
+    return ", ".join(f"{f} {'yes' if f in found else 'no'}" for f in BF16_FLAGS)
 
 
 def tune_batch_size(model_dir: str, captions: list[str]) -> int:

@@ -49,7 +49,6 @@ from spatial_probing.grounding.arms import CONFIGS, available_arms
 
 PRECISIONS = ("32-true", "bf16-mixed")
 WARMUP_STEPS = 10  # GroundingModule.samples_per_second leaves out the steps up to this one
-BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def cpu_model() -> str:
@@ -65,13 +64,12 @@ def machine_facts() -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks' helpers
-    from extract_speed import bf16_instructions  # lscpu's bfloat16 flags
+    from extract_speed import bf16_flags  # lscpu's bfloat16 flags
     from probe_speed import gemm_pair_ms  # best-of-5 time of X @ P and X.T @ R
 
     from spatial_probing.machine import auto_precision, bf16_supported
 
-    found = bf16_instructions()
-    flags = ", ".join(f"{f} {'yes' if f in found else 'no'}" for f in BF16_FLAGS)
+    flags = bf16_flags()
     onednn = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # what routes bf16 convolutions/GEMMs to oneDNN
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; {flags}; torch CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; oneDNN bfloat16 {'yes' if onednn else 'no'}; "

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from extract_speed import bf16_instructions  # the sibling benchmark's lscpu reader
+from extract_speed import bf16_flags  # the sibling benchmark's lscpu reader
 
 from spatial_probing.features.entry import load_entry
 from spatial_probing.machine import bf16_supported
@@ -131,9 +131,9 @@ def gemm_floor(X: np.ndarray, Y: np.ndarray, train: np.ndarray, **fit_kwargs) ->
     with counting_products() as counts:
         fit_logreg(X, Y, train, [1.0], **fit_kwargs)
     t_products = product_seconds(counts)
-    used = torch.from_numpy(train.any(axis=(0, 2)))
-    basis, t_build = timed(3, Basis.build, X, used, fit_kwargs["dtype"])
-    gram = torch.from_numpy(np.cov(X[train.any(axis=(0, 2))].T.astype(np.float64)))
+    used = train.any(axis=(0, 2))
+    basis, t_build = timed(3, Basis.build, X, torch.from_numpy(used), fit_kwargs["dtype"])
+    gram = torch.from_numpy(np.cov(X[used].T.astype(np.float64)))
     t_eigh = timed(3, lambda: torch.linalg.eigh(gram))[1]
     flop = sum(2 * m * k * n * calls for (m, k, n, _, _), calls in counts.items())
     line = (
@@ -175,9 +175,7 @@ def main() -> None:
         f"{train.shape[0] * len(names)} problems; torch threads {torch.get_num_threads()}, joblib workers {n_jobs}"
     )
     hvp = torch.bfloat16 if bf16_supported() else torch.float32
-    found = bf16_instructions()
-    print("CPU: " + ", ".join(f"{f} {'yes' if f in found else 'no'}" for f in ("avx512_bf16", "amx_bf16", "amx_tile"))
-          + f"; torch CPU capability {torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
+    print(f"CPU: {bf16_flags()}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
     n_problems = train.shape[0] * len(names)
     # The machine's rate for the solver's unit of work, so ratios from different hosts can be compared.
     print(

@@ -131,9 +131,9 @@ class Basis:
             return product(self.Zh, M.to(self.Zh.dtype)).to(self.Z.dtype)
         if bool(stored.all()):
             return product(self.Z, M)
-        out = torch.empty(self.Z.shape[0] if M.shape[0] == self.Z.shape[1] else self.Z.shape[1], M.shape[1],
-                          dtype=self.Z.dtype, device=M.device)  # fmt: skip
-        out[:, stored] = product(self.Z, M[:, stored])
+        exact = product(self.Z, M[:, stored])
+        out = exact.new_empty(exact.shape[0], M.shape[1])
+        out[:, stored] = exact
         out[:, ~stored] = product(self.Zh, M[:, ~stored].to(self.Zh.dtype)).to(self.Z.dtype)
         return out
 

@@ -201,8 +201,8 @@ def _pcg(basis: Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow:
     conditioned (large C on nearly separable, duplicated rows such as the masked n-gram baseline),
     where short CG runs give poor directions and Newton crawls (60+ steps at C = 1e4 with 6 iterations,
     12 with 24); such a problem's products are also taken at Z's own precision, not bfloat16, whose
-    rounding stalls CG on it (the masked n-grams took several times float32's Newton steps). Returns the float64 step and ``Z s_w + s_b``,
-    accumulated from CG's products (so it costs no GEMM) when they are in Z's precision, else
+    rounding stalls CG on it (the masked n-grams took several times float32's Newton steps). Returns
+    the float64 step and ``Z s_w + s_b``, accumulated from CG's products (so it costs no GEMM) when they are in Z's precision, else
     None (bfloat16 products would put their rounding into the margins).
     """
     dt = basis.vec_dtype

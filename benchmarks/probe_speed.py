@@ -36,6 +36,7 @@ policy would only slow the batched solver's multithreaded products.
 from __future__ import annotations
 
 import argparse
+import operator
 import os
 import time
 from collections import Counter
@@ -52,7 +53,7 @@ from spatial_probing.probes.metrics import fit_metrics
 from spatial_probing.probes.selection import select_C
 from spatial_probing.probes.sklearn_ref import fit_sklearn
 from spatial_probing.probes.solver import fit_logreg, scaled_gradient_max
-from spatial_probing.probes.solver.basis import Basis, Shape, counting_products
+from spatial_probing.probes.solver.basis import Basis, Csr, Shape, counting_products
 from spatial_probing.tasks.relation_type import RelationType
 
 # the entry `spatial-probing extract --config configs/extract/sbert_mpnet.yaml` writes (any mpnet entry
@@ -114,13 +115,20 @@ def gemm_pair_ms(X: np.ndarray, columns: int, dtype: torch.dtype, repeats: int =
 
 def product_seconds(counts: dict[Shape, int], repeats: int = 3) -> float:
     """What the counted products take at this machine's rates: each distinct shape (and layout) timed
-    once, best of ``repeats``, times the number of its calls."""
+    once, best of ``repeats``, times the number of its calls; a sparse one (nnz > 0) on a random CSR
+    matrix with as many stored entries."""
     gen = torch.Generator().manual_seed(0)
     total = 0.0
-    for (m, k, n, dtype, transposed), calls in counts.items():
-        A = torch.randn(*((k, m) if transposed else (m, k)), generator=gen).to(dtype)
+    for (m, k, n, dtype, transposed, nnz), calls in counts.items():
+        if nnz:
+            flat = torch.randperm(m * k, generator=gen)[:nnz].sort().values
+            index = torch.stack([flat // k, flat % k])
+            A = Csr(torch.sparse_coo_tensor(index, torch.rand(nnz, generator=gen), (m, k)).to(dtype).to_sparse_csr())
+        else:
+            A = torch.randn(*((k, m) if transposed else (m, k)), generator=gen).to(dtype)
+            A = A.T if transposed else A
         B = torch.randn(k, n, generator=gen).to(dtype)
-        total += calls * timed(repeats, torch.matmul, A.T if transposed else A, B)[1]
+        total += calls * timed(repeats, operator.matmul, A, B)[1]
     return total
 
 
@@ -135,7 +143,7 @@ def gemm_floor(X: np.ndarray, Y: np.ndarray, train: np.ndarray, **fit_kwargs) ->
     basis, t_build = timed(3, Basis.build, X, torch.from_numpy(used), fit_kwargs["dtype"])
     gram = torch.from_numpy(np.cov(X[used].T.astype(np.float64)))
     t_eigh = timed(3, lambda: torch.linalg.eigh(gram))[1]
-    flop = sum(2 * m * k * n * calls for (m, k, n, _, _), calls in counts.items())
+    flop = sum(2 * (nnz or m * k) * n * calls for (m, k, n, _, _, nnz), calls in counts.items())
     line = (
         f"GEMM floor of the batched fit: {sum(counts.values())} products in {len(counts)} shapes "
         f"({flop / 1e9:.1f} GFLOP) take {t_products:.3f} s at this machine's rates, + eigh of the "

@@ -184,7 +184,7 @@ def test_preconditioner_keeps_the_diagonal_where_a_scaled_block_lost_definitenes
     from spatial_probing.probes.solver.preconditioner import Preconditioner
 
     d, k, P = 6, 3, 2
-    basis = SimpleNamespace(lam=torch.linspace(3.0, 1.0, d, dtype=torch.float64), n_rows=10)
+    basis = SimpleNamespace(lam=torch.linspace(3.0, 1.0, d, dtype=torch.float64), n_rows=10, lead_index=lambda k: slice(d - k, d))
     D = torch.ones(10, P, dtype=torch.float64)
     Cq, c, h = torch.ones(P, dtype=torch.float64), torch.zeros(d, P, dtype=torch.float64), torch.ones(P, dtype=torch.float64)
     lead = torch.eye(k, dtype=torch.float64)[:, :, None].repeat(1, 1, P)
@@ -234,9 +234,9 @@ def test_counting_products_records_every_product_of_a_fit_by_shape():
         fit_logreg(X, Y, train, CS, tol=1e-8, dtype=torch.float32)
     d = X.shape[1]
     # the centred Gram matrix of the set-up: [d, rows] x [rows, d] in float32, A a transposed view
-    assert any(k == d and n == d and dt == torch.float32 and tr for (k, _, n, dt, tr) in counts)
+    assert any(k == d and n == d and dt == torch.float32 and tr for (k, _, n, dt, tr, _) in counts)
     # the back-rotation of every answer: [F * C * T, r] x [r, d]
-    assert counts[(train.shape[0] * len(CS) * Y.shape[1], d, d, torch.float64, False)] == 1
+    assert counts[(train.shape[0] * len(CS) * Y.shape[1], d, d, torch.float64, False, 0)] == 1
     assert all(calls > 0 for calls in counts.values())
     before = dict(counts)
     basis = Basis.build(X, torch.ones(len(X), dtype=torch.bool), torch.float32)
@@ -256,6 +256,53 @@ def test_stored_columns_get_z_precision_and_the_rest_bfloat16():
     assert not torch.equal(rounded, exact)  # the two precisions differ, so the test tells them apart
     assert torch.equal(basis.htz(R, stored)[:, stored], (basis.Z.T @ R)[:, stored])
     assert torch.equal(basis.hz(P), rounded) and torch.equal(basis.hz(P, torch.ones(4, dtype=torch.bool)), exact)
+
+
+def _sparse_data(n=900, d=1100, seed=0):
+    """Word-count-like rows: about 1% of the entries nonzero, L2-normalised, with repeated rows."""
+    rng = np.random.default_rng(seed)
+    base = (rng.random((n // 3, d)) < 0.01).astype(np.float32)
+    base[:, 0] = 1.0  # a word in every row, so none is empty
+    X = base[rng.integers(0, len(base), n)]
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    Y = ((X @ rng.standard_normal((d, 2)) * 8 + rng.standard_normal((n, 2))) > 0.4).astype(np.int8)
+    train, test = fold_masks(target_folds(Y, n_splits=3, seed=0))
+    return X, Y, train, test
+
+
+def test_wide_sparse_features_are_held_sparse_and_their_products_are_the_centred_ones():
+    X, _, _, _ = _sparse_data()
+    basis = Basis.build(X, torch.ones(len(X), dtype=torch.bool), torch.float32)
+    assert basis.V is None and basis.Z.nnz < 0.02 * basis.Z.shape[0] * basis.Z.shape[1]
+    dense = Basis.build(X, torch.ones(len(X), dtype=torch.bool), torch.float32, layout="dense")
+    assert dense.V is not None and dense.Z.shape[1] < X.shape[1]  # never-used words leave null directions
+    # Z = X_u - mu on the merged rows (any row of each merged group represents it)
+    X64 = torch.from_numpy(X.astype(np.float64))
+    rep = torch.zeros(basis.Z.shape[0], dtype=torch.int64).scatter_(0, basis.row_of, torch.arange(len(X)))
+    Zc = X64[rep] - X64.mean(0)
+    g = torch.Generator().manual_seed(0)
+    P, R = torch.randn(X.shape[1], 5, generator=g), torch.randn(basis.Z.shape[0], 5, generator=g)
+    torch.testing.assert_close(basis.hz(P), (Zc @ P.double()).float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(basis.htz(R), (Zc.T @ R.double()).float(), rtol=1e-4, atol=1e-5)
+    # float64 products read the stored (float32) entries exactly: only the rows' own rounding remains
+    torch.testing.assert_close(basis.mm64(P.double()), Zc @ P.double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(basis.tmm64(R.double()), Zc.T @ R.double(), rtol=1e-6, atol=1e-6)
+    # lam: the diagonal of the centred Gram matrix over every row, repeats counted
+    torch.testing.assert_close(basis.lam, ((X64 - X64.mean(0)) ** 2).sum(0), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("class_weight", [None, "balanced"])
+def test_sparse_features_reach_scikit_learns_optimum_and_count_sparse_products(class_weight):
+    X, Y, train, _ = _sparse_data()
+    with counting_products() as counts:
+        fit = fit_logreg(X, Y, train, [0.1, 10.0], tol=1e-10, dtype=torch.float32, class_weight=class_weight)
+    assert bool(fit.converged.all())
+    assert any(nnz > 0 for (*_, nnz) in counts)  # the CG and gradient products read the CSR rows
+    assert float(scaled_gradient_max(X, Y, train, fit, class_weight=class_weight).max()) < 1e-8
+    for f, c, t in [(0, 0, 0), (2, 1, 1), (1, 1, 0)]:
+        coef, intercept = _sklearn(X, Y[:, t], train[f, :, t], [0.1, 10.0][c], class_weight=class_weight)
+        np.testing.assert_allclose(fit.W[f, c, t].numpy(), coef, atol=2e-5 * max(1.0, np.abs(coef).max()))
+        np.testing.assert_allclose(fit.b[f, c, t].item(), intercept, atol=2e-5)
 
 
 def test_sklearn_reference_takes_sparse_features_to_the_same_answer():

@@ -142,7 +142,7 @@ def fit_logreg(
         converged=torch.zeros(shape, dtype=torch.bool, device=dev),
         grad_max=torch.zeros(shape, dtype=torch.float64, device=dev),
     )
-    gemm_size = basis.Z.numel() * min(max_problems, n_folds * len(Cs) * n_targets)
+    gemm_size = basis.Z.shape[0] * d * min(max_problems, n_folds * len(Cs) * n_targets)
     with threads(1 if gemm_size < _SMALL_GEMM and dev.type == "cpu" else torch.get_num_threads()):
         anchor = None
         if warm_start and n_folds > 1:
@@ -168,7 +168,7 @@ def fit_logreg(
                 getattr(res, name)[level] = getattr(out, name)
 
     # Back to the original coordinates: w = V u, b = b' - mu.w.
-    W = matmul(res.Wrot, basis.V.T)
+    W = basis.to_original(res.Wrot)
     b = res.brot - matmul(W, basis.mu)
     return LogRegFit(
         W=W, b=b, Cs=Cs, n_iter=res.n_iter, converged=res.converged, grad_max=res.grad_max, solver="batched"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spatial_probing.probes.solver.basis import Basis, matmul
+from spatial_probing.probes.solver.basis import Basis
 from spatial_probing.probes.solver.objective import Problems, Solved, loss, loss_derivatives, loss_slope
 from spatial_probing.probes.solver.preconditioner import LEAD, Preconditioner, lead_blocks
 
@@ -185,7 +185,7 @@ def _start(basis: Basis, problems: Problems, idx: torch.Tensor, init: Init | Non
 
 def _orig_grad_max(basis: Basis, gw: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
     """Max abs gradient in the original coordinates: d/dw = V g_u + mu g_b, d/db = g_b."""
-    g = matmul(basis.V, gw) + basis.mu[:, None] * gb
+    g = basis.original_gradient(gw, gb)
     return torch.maximum(g.abs().amax(0), gb.abs())
 
 

@@ -24,24 +24,24 @@ class Preconditioner:
     def __init__(self, basis: Basis, D, Cq, c, h, lead, lead_dsum):
         lam = basis.lam.to(D.dtype)
         self.diag = (1 + (Cq * D.sum(0) / basis.n_rows)[None, :] * lam[:, None] - c * c / h).clamp_min(1.0)
-        self.k = k = lead.shape[0]
+        self.lead = basis.lead_index(lead.shape[0])
         has = lead_dsum > 0
         S = (
             lead.permute(2, 0, 1)
             * torch.where(has, Cq * D.sum(0) / lead_dsum.clamp_min(1e-30), 0)[:, None, None]
         )
-        S.diagonal(dim1=1, dim2=2).add_(torch.where(has[:, None], 1.0, self.diag[-k:].T))
+        S.diagonal(dim1=1, dim2=2).add_(torch.where(has[:, None], 1.0, self.diag[self.lead].T))
         self.chol, info = torch.linalg.cholesky_ex(S)
         # A block scaled up a lot (a tiny MDL prefix block against its anchor's curvature) can lose
         # definiteness in rounding; such a problem keeps the diagonal, a valid if weaker preconditioner.
         lost = info > 0
         if lost.any():
-            self.chol[lost] = torch.diag_embed(self.diag[-k:].T[lost].sqrt())
+            self.chol[lost] = torch.diag_embed(self.diag[self.lead].T[lost].sqrt())
 
     def __call__(self, r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Apply to the residuals ``r [d, len(idx)]`` of problems ``idx``."""
         z = r / self.diag[:, idx]
-        z[-self.k :] = torch.cholesky_solve(r[-self.k :].T.unsqueeze(-1), self.chol[idx]).squeeze(-1).T
+        z[self.lead] = torch.cholesky_solve(r[self.lead].T.unsqueeze(-1), self.chol[idx]).squeeze(-1).T
         return z
 
 
@@ -53,15 +53,14 @@ def lead_blocks(basis: Basis, D: torch.Tensor, k: int, rows: int = 256) -> torch
     the pairwise products of the leading columns (upper triangle), instead of a ``[K, u, k]``
     batched product.
     """
-    Z = basis.Z
-    u, d = Z.shape
-    i, j = torch.triu_indices(k, k, device=Z.device)
-    G = torch.zeros(i.numel(), D.shape[1], dtype=Z.dtype, device=Z.device)
-    lead = Z[:, d - k :]
+    lead = basis.lead_columns(k)
+    u = lead.shape[0]
+    i, j = torch.triu_indices(k, k, device=lead.device)
+    G = torch.zeros(i.numel(), D.shape[1], dtype=lead.dtype, device=lead.device)
     for r in range(0, u, rows):
         zb = lead[r : r + rows]
         G += matmul((zb[:, i] * zb[:, j]).T, D[r : r + rows])
-    B = torch.empty(D.shape[1], k, k, dtype=Z.dtype, device=Z.device)
+    B = torch.empty(D.shape[1], k, k, dtype=lead.dtype, device=lead.device)
     B[:, i, j] = G.T
     B[:, j, i] = G.T
     c = matmul(lead.T, D).T

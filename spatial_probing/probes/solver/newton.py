@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spatial_probing.probes.solver.basis import Basis
+from spatial_probing.probes.solver.basis import Basis, columns, set_columns
 from spatial_probing.probes.solver.objective import Problems, Solved, loss, loss_derivatives, loss_slope
 from spatial_probing.probes.solver.preconditioner import LEAD, Preconditioner, lead_blocks
 
@@ -39,7 +39,8 @@ class _Active:
     FIELDS = ("ids", "W", "b", "m", "ap", "an", "a", "C", "scale", "steps", "lead", "lead_dsum", "exact", "gprev")
 
     def select(self, keep: torch.Tensor) -> _Active:
-        return _Active(*(getattr(self, k)[..., keep] for k in self.FIELDS))
+        keep = torch.nonzero(keep).squeeze(1) if keep.dtype == torch.bool else keep
+        return _Active(*(columns(getattr(self, k), keep) for k in self.FIELDS))
 
     def join(self, other: _Active) -> _Active:
         return _Active(*(torch.cat([getattr(self, k), getattr(other, k)], -1) for k in self.FIELDS))
@@ -113,13 +114,15 @@ def solve(basis: Basis, problems: Problems, init, tol: float, max_iter: int, cap
                 r[:, cols], D[:, cols], gw[:, cols], gb[cols], gmax[cols] = _gradient(basis, state, cols)
         ids = state.ids
         state.gprev = gmax
-        out_W[:, ids], out_b[ids], n_iter[ids], grad_max[ids] = state.W, state.b, state.steps, gmax
+        set_columns(out_W, ids, state.W)
+        out_b[ids], n_iter[ids], grad_max[ids] = state.b, state.steps, gmax
         ok = gmax <= tol
         converged[ids[ok]] = True
         done = ok | (state.steps >= max_iter)
         if bool(done.any()):
             keep = ~done
-            state, D, gw, gb, gmax = state.select(keep), D[:, keep], gw[:, keep], gb[keep], gmax[keep]
+            keep = torch.nonzero(keep).squeeze(1)
+            state, D, gw, gb, gmax = state.select(keep), columns(D, keep), columns(gw, keep), gb[keep], gmax[keep]
             if not len(state.ids):
                 state = None
                 continue
@@ -172,11 +175,13 @@ def _start(basis: Basis, problems: Problems, idx: torch.Tensor, init: Init | Non
         lead_dsum = torch.zeros(len(idx), dtype=dt, device=dev)
     else:
         ka, kp = init.anchor_key[idx], init.parent_key[idx]
-        W, b = init.W_a[:, ka].clone(), init.b_a[ka].clone()
+        W, b = columns(init.W_a, ka), init.b_a[ka].clone()
         child = kp >= 0
-        W[:, child], b[child] = init.W_f[:, kp[child]], init.b_f[kp[child]]
+        child = torch.nonzero(child).squeeze(1)
+        set_columns(W, child, columns(init.W_f, kp[child]))
+        b[child] = init.b_f[kp[child]]
         m = basis.mm(W) + b
-        lead, lead_dsum = init.lead[..., ka], init.lead_dsum[ka]
+        lead, lead_dsum = columns(init.lead, ka), init.lead_dsum[ka]
     steps = torch.zeros(len(idx), dtype=torch.int64, device=dev)
     exact = torch.full((len(idx),), basis.Z.dtype == torch.float64, device=dev)
     gprev = torch.full((len(idx),), float("inf"), dtype=torch.float64, device=dev)
@@ -230,13 +235,14 @@ def _pcg(basis: Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow:
         if zx is not None:
             zx.index_add_(1, idx, alpha * q)
         ra = ra - alpha * Sp
-        r[:, idx] = ra
+        set_columns(r, idx, ra)
         going = (torch.sqrt((ra * ra).sum(0)) > target[idx]) & (budget[idx] > it + 1)
         if not bool(going.all()):
             if not bool(going.any()):
                 break
-            idx, p, rz, ra = idx[going], p[:, going], rz[going], ra[:, going]
-            Da, ca, ha, Ca = D[:, idx], c[:, idx], h[idx], Cq[idx]
+            going = torch.nonzero(going).squeeze(1)
+            idx, p, rz, ra = idx[going], columns(p, going), rz[going], columns(ra, going)
+            Da, ca, ha, Ca = columns(D, idx), columns(c, idx), h[idx], Cq[idx]
         z = precond(ra, idx)
         rz_new = (ra * z).sum(0)
         p = z + (rz_new / rz) * p
@@ -262,17 +268,18 @@ def _line_search(state: _Active, sw_, sb_, zs, gw, gb, c1: float = 1e-4, max_hal
     idx = torch.arange(len(t), device=t.device)  # problems still searching: only their columns are touched
     base = torch.full_like(t, float("nan"))  # loss at t = 0, computed only where Armijo's test runs
     for _ in range(max_halvings):
-        cols = slice(None) if len(idx) == len(t) else idx  # all columns: views, not copies
-        ap, a, zi, ti = state.ap[:, cols], state.a[:, cols], zs[:, cols], t[idx]
-        trial = torch.addcmul(m[:, cols], zi, ti)
+        whole = len(idx) == len(t)  # all columns: the arrays themselves, not copies
+        ap, a, zi, mi = (v if whole else columns(v, idx) for v in (state.ap, state.a, zs, m))
+        ti = t[idx]
+        trial = torch.addcmul(mi, zi, ti)
         slope_t = wsw[idx] + ti * sws[idx] + C[idx] * loss_slope(trial, ap, a).mul_(zi).sum(0)
         up = slope_t > 0
         if bool(up.any()):  # Armijo only where the slope test failed: the loss costs two softplus passes
             j, tj = idx[up], ti[up]
             new = j[torch.isnan(base[j])]
-            base[new] = loss(m[:, new], state.ap[:, new], state.an[:, new]).sum(0)
+            base[new] = loss(*(columns(v, new) for v in (m, state.ap, state.an))).sum(0)
             delta = tj * wsw[j] + 0.5 * tj * tj * sws[j] + C[j] * (
-                loss(trial[:, up], state.ap[:, j], state.an[:, j]).sum(0) - base[j]
+                loss(columns(trial, up), columns(state.ap, j), columns(state.an, j)).sum(0) - base[j]
             )
             up[up.clone()] = delta > c1 * tj * slope[j]
         pending[idx] = up

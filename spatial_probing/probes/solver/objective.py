@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from spatial_probing.probes.solver.basis import ArrayLike, Basis, as_tensor
+from spatial_probing.probes.solver.basis import ArrayLike, Basis, as_tensor, columns
 
 
 def sample_weights(
@@ -108,15 +108,18 @@ class Problems:
     def weights(self, idx: torch.Tensor, cols: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         """Positive / negative row weights of problems ``idx`` summed onto Z's rows: ``[u, len(idx)]`` each.
 
-        Built ``cols`` problems at a time: the per-row ``[n, P]`` intermediates would otherwise be
-        the largest arrays of the whole solve.
+        The weights depend on the (fold, target) pair, not on C, so each pair among ``idx`` is built
+        once (a C grid shares them), ``cols`` pairs at a time: the per-row ``[n, P]`` intermediates
+        would otherwise be the largest arrays of the whole solve.
         """
+        pairs, of = torch.unique(self.f[idx] * self.shape[2] + self.t[idx], return_inverse=True)
         parts = []
-        for j in range(0, len(idx), cols):
-            f, t = self.f[idx[j : j + cols]], self.t[idx[j : j + cols]]
+        for j in range(0, len(pairs), cols):
+            f, t = pairs[j : j + cols] // self.shape[2], pairs[j : j + cols] % self.shape[2]
             w_pos, w_neg = label_weights(self.Y, self.mask[f, :, t].T, self.sw, self.class_weight, t, f)
             parts.append((self.basis.merge(w_pos), self.basis.merge(w_neg)))
-        return torch.cat([p for p, _ in parts], 1), torch.cat([q for _, q in parts], 1)
+        ap, an = torch.cat([p for p, _ in parts], 1), torch.cat([q for _, q in parts], 1)
+        return columns(ap, of), columns(an, of)
 
     def solved(self, W, b, n_iter, converged, grad_max) -> Solved:
         """Results over the flat order (``W [d, N]``) reshaped to ``[F, nC, T, ...]``."""

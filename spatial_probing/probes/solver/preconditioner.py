@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from spatial_probing.probes.solver.basis import Basis, matmul
+from spatial_probing.probes.solver.basis import Basis, columns, matmul
 
 LEAD = 48  # leading rotated directions whose curvature block the preconditioner takes exactly
 
@@ -40,7 +40,7 @@ class Preconditioner:
 
     def __call__(self, r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Apply to the residuals ``r [d, len(idx)]`` of problems ``idx``."""
-        z = r / self.diag[:, idx]
+        z = r / columns(self.diag, idx)
         z[self.lead] = torch.cholesky_solve(r[self.lead].T.unsqueeze(-1), self.chol[idx]).squeeze(-1).T
         return z
 

@@ -39,6 +39,7 @@ import argparse
 import operator
 import os
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -123,7 +124,10 @@ def product_seconds(counts: dict[Shape, int], repeats: int = 3) -> float:
         if nnz:
             flat = torch.randperm(m * k, generator=gen)[:nnz].sort().values
             index = torch.stack([flat // k, flat % k])
-            A = Csr(torch.sparse_coo_tensor(index, torch.rand(nnz, generator=gen), (m, k)).to(dtype).to_sparse_csr())
+            with warnings.catch_warnings():  # torch's "CSR support is in beta" notice
+                warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+                coo = torch.sparse_coo_tensor(index, torch.rand(nnz, generator=gen), (m, k))
+                A = Csr(coo.to(dtype).to_sparse_csr())
         else:
             A = torch.randn(*((k, m) if transposed else (m, k)), generator=gen).to(dtype)
             A = A.T if transposed else A

@@ -126,7 +126,7 @@ def product_seconds(counts: dict[Shape, int], repeats: int = 3) -> float:
             index = torch.stack([flat // k, flat % k])
             with warnings.catch_warnings():  # torch's "CSR support is in beta" notice
                 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-                coo = torch.sparse_coo_tensor(index, torch.rand(nnz, generator=gen), (m, k))
+                coo = torch.sparse_coo_tensor(index, torch.rand(nnz, generator=gen), (m, k), check_invariants=False)
                 A = Csr(coo.to(dtype).to_sparse_csr())
         else:
             A = torch.randn(*((k, m) if transposed else (m, k)), generator=gen).to(dtype)

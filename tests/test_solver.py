@@ -314,3 +314,19 @@ def test_sklearn_reference_takes_sparse_features_to_the_same_answer():
     csr = fit_sklearn(sparse.csr_matrix(X), Y, train, [1.0], tol=1e-10, max_iter=5000)
     assert torch.allclose(dense.W, csr.W, atol=1e-6) and torch.allclose(dense.b, csr.b, atol=1e-6)
     assert torch.allclose(dense.grad_max, csr.grad_max, atol=1e-7)  # graded on the dense features alike
+
+
+def test_columns_and_set_columns_are_last_axis_indexing():
+    from spatial_probing.probes.solver.basis import columns, set_columns
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(7,), (5, 7), (3, 4, 7)]:
+        x = torch.randn(*shape, generator=g, dtype=torch.float64)
+        mask = torch.tensor([True, False, True, True, False, False, True])
+        idx = torch.tensor([6, 0, 3])
+        assert torch.equal(columns(x, mask), x[..., mask]) and torch.equal(columns(x, idx), x[..., idx])
+        y, values = x.clone(), torch.randn(*shape[:-1], 3, generator=g, dtype=torch.float64)
+        set_columns(y, idx, values)
+        expect = x.clone()
+        expect[..., idx] = values
+        assert torch.equal(y, expect)

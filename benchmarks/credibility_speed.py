@@ -45,7 +45,7 @@ from scipy import sparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks' helpers
 from extract_speed import bf16_flags  # noqa: E402
-from probe_speed import DEFAULT_FEATURES, gemm_pair_ms, product_seconds, timed  # noqa: E402
+from probe_speed import DEFAULT_FEATURES, gemm_pair_ms, product_flop, product_seconds, timed  # noqa: E402
 
 from spatial_probing.probes.baselines import PREFIX, is_majority  # noqa: E402
 from spatial_probing.probes.data import ProbeDataModule  # noqa: E402
@@ -111,8 +111,7 @@ def selection_floor(batch: dict, model: dict) -> tuple[float, float, int, float]
     with counting_products() as counts:
         fit_logreg(batch["x"], y, masks, model["Cs"], parents=parents, **kwargs)
     seconds = time.perf_counter() - start
-    gflop = sum(2 * (nnz or m * k) * n * calls for (m, k, n, _, _, nnz), calls in counts.items()) / 1e9
-    return seconds, product_seconds(counts), sum(counts.values()), gflop
+    return seconds, product_seconds(counts), sum(counts.values()), product_flop(counts) / 1e9
 
 
 def main() -> None:

@@ -39,7 +39,6 @@ import argparse
 import operator
 import os
 import time
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -124,16 +123,19 @@ def product_seconds(counts: dict[Shape, int], repeats: int = 3) -> float:
         if nnz:
             flat = torch.randperm(m * k, generator=gen)[:nnz].sort().values
             index = torch.stack([flat // k, flat % k])
-            with warnings.catch_warnings():  # torch's "CSR support is in beta" notice
-                warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-                coo = torch.sparse_coo_tensor(index, torch.rand(nnz, generator=gen), (m, k), check_invariants=False)
-                A = Csr(coo.to(dtype).to_sparse_csr())
+            values = torch.rand(nnz, generator=gen).to(dtype)
+            A = Csr.from_coo(torch.sparse_coo_tensor(index, values, (m, k), check_invariants=False))
         else:
             A = torch.randn(*((k, m) if transposed else (m, k)), generator=gen).to(dtype)
             A = A.T if transposed else A
         B = torch.randn(k, n, generator=gen).to(dtype)
         total += calls * timed(repeats, operator.matmul, A, B)[1]
     return total
+
+
+def product_flop(counts: dict[Shape, int]) -> float:
+    """Floating-point operations of the counted products (a sparse one: 2 per stored entry and column)."""
+    return sum(2 * (nnz or m * k) * n * calls for (m, k, n, _, _, nnz), calls in counts.items())
 
 
 def gemm_floor(X: np.ndarray, Y: np.ndarray, train: np.ndarray, **fit_kwargs) -> tuple[float, str]:
@@ -147,7 +149,7 @@ def gemm_floor(X: np.ndarray, Y: np.ndarray, train: np.ndarray, **fit_kwargs) ->
     basis, t_build = timed(3, Basis.build, X, torch.from_numpy(used), fit_kwargs["dtype"])
     gram = torch.from_numpy(np.cov(X[used].T.astype(np.float64)))
     t_eigh = timed(3, lambda: torch.linalg.eigh(gram))[1]
-    flop = sum(2 * (nnz or m * k) * n * calls for (m, k, n, _, _, nnz), calls in counts.items())
+    flop = product_flop(counts)
     line = (
         f"GEMM floor of the batched fit: {sum(counts.values())} products in {len(counts)} shapes "
         f"({flop / 1e9:.1f} GFLOP) take {t_products:.3f} s at this machine's rates, + eigh of the "

@@ -66,16 +66,26 @@ def matmul(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return A @ B
 
 
+def _csr(coo: torch.Tensor) -> torch.Tensor:
+    """A COO tensor as CSR, without torch's one "CSR support is in beta" notice (not the user's concern)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        return coo.coalesce().to_sparse_csr()
+
+
 class Csr:
     """A sparse matrix in CSR beside its transpose, also in CSR: torch multiplies CSR by a dense matrix
     several times faster than the CSC a transposed view would be, so ``Z.T @ R`` reads the stored copy."""
 
     def __init__(self, A: torch.Tensor, At: torch.Tensor | None = None):
         self.A = A
-        with warnings.catch_warnings():  # torch's one "CSR support is in beta" notice, not the user's concern
-            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-            self.At = A.to_sparse_coo().t().coalesce().to_sparse_csr() if At is None else At
+        self.At = _csr(A.to_sparse_coo().t()) if At is None else At
         self._copies: dict[torch.dtype, Csr] = {}
+
+    @classmethod
+    def from_coo(cls, coo: torch.Tensor) -> Csr:
+        """A sparse COO tensor (duplicates summed) as `Csr`."""
+        return cls(_csr(coo))
 
     shape = property(lambda self: self.A.shape)
     dtype = property(lambda self: self.A.dtype)
@@ -163,10 +173,7 @@ class Basis:
             parts = [(sl.start, xb.to(store).to_sparse()) for sl, xb in blocks()]
             index = torch.cat([c.indices() + torch.tensor([[start], [0]], device=dev) for start, c in parts], 1)
             values = torch.cat([c.values() for _, c in parts])
-            coo = torch.sparse_coo_tensor(index, values, (len(first), X.shape[1]), check_invariants=False)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-                Z = Csr(coo.coalesce().to_sparse_csr())
+            Z = Csr.from_coo(torch.sparse_coo_tensor(index, values, (len(first), X.shape[1]), check_invariants=False))
             # the diagonal of the count-weighted centred Gram matrix: sum_i c_i x_ij^2 - n mu_j^2
             return cls(Z=Z, Zh=Z, V=None, lam=(sq - n_rows * mu * mu).clamp_min(0), **common)
         # float32 products suffice: the Gram matrix only sets the basis (orthogonal to float64
@@ -256,10 +263,8 @@ class Basis:
 
     def lead_columns(self, k: int) -> torch.Tensor:
         """Z's columns `lead_index` (k), dense: ``[u, k]``."""
-        if self.V is not None:
-            return self.Z[:, self.lead_index(k)]
         idx = self.lead_index(k)
-        return self.Z.columns(idx) - self.mu[idx].to(self.Z.dtype)
+        return self.Z[:, idx] if self.V is not None else self.Z.columns(idx) - self.mu[idx].to(self.Z.dtype)
 
     def to_original(self, W: torch.Tensor) -> torch.Tensor:
         """Weights ``[..., r]`` in Z's coordinates to the original features' ``[..., d]``."""

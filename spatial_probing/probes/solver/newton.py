@@ -39,7 +39,7 @@ class _Active:
     FIELDS = ("ids", "W", "b", "m", "ap", "an", "a", "C", "scale", "steps", "lead", "lead_dsum", "exact", "gprev")
 
     def select(self, keep: torch.Tensor) -> _Active:
-        keep = torch.nonzero(keep).squeeze(1) if keep.dtype == torch.bool else keep
+        """The problems ``keep`` (indices) of the working set."""
         return _Active(*(columns(getattr(self, k), keep) for k in self.FIELDS))
 
     def join(self, other: _Active) -> _Active:
@@ -176,8 +176,7 @@ def _start(basis: Basis, problems: Problems, idx: torch.Tensor, init: Init | Non
     else:
         ka, kp = init.anchor_key[idx], init.parent_key[idx]
         W, b = columns(init.W_a, ka), init.b_a[ka].clone()
-        child = kp >= 0
-        child = torch.nonzero(child).squeeze(1)
+        child = torch.nonzero(kp >= 0).squeeze(1)
         set_columns(W, child, columns(init.W_f, kp[child]))
         b[child] = init.b_f[kp[child]]
         m = basis.mm(W) + b

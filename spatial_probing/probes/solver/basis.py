@@ -224,10 +224,11 @@ class Basis:
             return product(self.Zh, M.to(self.Zh.dtype)).to(self.Z.dtype)
         if bool(stored.all()):
             return product(self.Z, M)
-        exact = product(self.Z, M[:, stored])
+        here, there = torch.nonzero(stored).squeeze(1), torch.nonzero(~stored).squeeze(1)
+        exact = product(self.Z, columns(M, here))
         out = exact.new_empty(exact.shape[0], M.shape[1])
-        out[:, stored] = exact
-        out[:, ~stored] = product(self.Zh, M[:, ~stored].to(self.Zh.dtype)).to(self.Z.dtype)
+        set_columns(out, here, exact)
+        set_columns(out, there, product(self.Zh, columns(M, there).to(self.Zh.dtype)))
         return out
 
     def mm(self, B: torch.Tensor) -> torch.Tensor:

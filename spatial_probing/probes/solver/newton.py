@@ -16,6 +16,8 @@ from spatial_probing.probes.solver.basis import Basis, columns, set_columns
 from spatial_probing.probes.solver.objective import Problems, Solved, loss, loss_derivatives, loss_slope
 from spatial_probing.probes.solver.preconditioner import LEAD, Preconditioner, lead_blocks
 
+SLOW_AFTER = 3  # Newton steps after which a problem counts as slow (see `_pcg`)
+
 
 @dataclass
 class _Active:
@@ -35,8 +37,11 @@ class _Active:
     lead_dsum: torch.Tensor  # [A] HVP dtype: sum(D) it was taken at; 0 = none (cold start)
     exact: torch.Tensor  # [A] bool: gradients and margin updates in float64 (see `solve`)
     gprev: torch.Tensor  # [A] scaled gradient max at the previous step (inf at the start)
+    stored: torch.Tensor  # [A] bool: HVPs at Z's own precision, not bfloat16 (see `_pcg`)
 
-    FIELDS = ("ids", "W", "b", "m", "ap", "an", "a", "C", "scale", "steps", "lead", "lead_dsum", "exact", "gprev")
+    FIELDS = (
+        "ids", "W", "b", "m", "ap", "an", "a", "C", "scale", "steps", "lead", "lead_dsum", "exact", "gprev", "stored"
+    )
 
     def select(self, keep: torch.Tensor) -> _Active:
         """The problems ``keep`` (indices) of the working set."""
@@ -136,7 +141,11 @@ def solve(basis: Basis, problems: Problems, init, tol: float, max_iter: int, cap
         if bool(state.exact.any()):  # margins of the step in float64, so they never drift from Z W + b
             cols = torch.nonzero(state.exact).squeeze(1)
             zs[:, cols] = basis.mm64(sw_[:, cols]) + sb_[cols]
-        _line_search(state, sw_, sb_, zs, gw, gb)
+        t = _line_search(state, sw_, sb_, zs, gw, gb)
+        # Near the optimum a convex problem takes the full Newton step; one that is still cut back
+        # this late has a bad direction, which on the encoders' features does not happen: bfloat16's
+        # rounding stalled its CG (the masked n-grams at large C), so it goes on at Z's precision.
+        state.stored |= (state.steps >= SLOW_AFTER) & (t < 1)
         _polish_intercept(state)
         state.steps += 1
     return problems.solved(out_W, out_b, n_iter, converged, grad_max)
@@ -184,7 +193,8 @@ def _start(basis: Basis, problems: Problems, idx: torch.Tensor, init: Init | Non
     steps = torch.zeros(len(idx), dtype=torch.int64, device=dev)
     exact = torch.full((len(idx),), basis.Z.dtype == torch.float64, device=dev)
     gprev = torch.full((len(idx),), float("inf"), dtype=torch.float64, device=dev)
-    return _Active(idx, W, b, m, ap, an, a, C, C * a.sum(0), steps, lead, lead_dsum, exact, gprev)
+    stored = torch.zeros(len(idx), dtype=torch.bool, device=dev)
+    return _Active(idx, W, b, m, ap, an, a, C, C * a.sum(0), steps, lead, lead_dsum, exact, gprev, stored)
 
 
 def _orig_grad_max(basis: Basis, gw: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
@@ -193,7 +203,7 @@ def _orig_grad_max(basis: Basis, gw: torch.Tensor, gb: torch.Tensor) -> torch.Te
     return torch.maximum(g.abs().amax(0), gb.abs())
 
 
-def _pcg(basis: Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow: int = 24, slow_after: int = 3):
+def _pcg(basis: Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow: int = 24):
     """Per-problem preconditioned CG on the Newton system with the intercept eliminated.
 
     The Hessian is ``[[A, c], [c^T, h]]`` with ``A = I + C Z^T D Z``, ``c = C Z^T D 1`` and
@@ -201,19 +211,21 @@ def _pcg(basis: Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow:
     dtype and its products at HVP precision (`Basis.hz`), and the intercept step follows
     exactly. Problems whose residual is small enough drop out of the GEMMs (a few slow problems
     would otherwise keep every column iterating). A problem gets ``cg_max`` iterations per Newton
-    step, ``cg_slow`` once it has taken ``slow_after`` steps: a problem still going by then is badly
+    step, ``cg_slow`` once it has taken `SLOW_AFTER` steps: a problem still going by then is badly
     conditioned (large C on nearly separable, duplicated rows such as the masked n-gram baseline),
     where short CG runs give poor directions and Newton crawls (60+ steps at C = 1e4 with 6 iterations,
-    12 with 24); such a problem's products are also taken at Z's own precision, not bfloat16, whose
-    rounding stalls CG on it (the masked n-grams took several times float32's Newton steps). Returns
+    12 with 24). A problem marked ``stored`` (its late Newton steps stopped halving the gradient: the
+    masked n-grams at large C, where bfloat16's rounding stalls CG and Newton took several times
+    float32's steps) takes its products at Z's own precision; the encoders' slow problems keep
+    bfloat16, at the same steps as float32, so only the stalled ones pay float32's rate. Returns
     the float64 step and ``Z s_w + s_b``, accumulated from CG's products (so it costs no GEMM) when they are in Z's precision, else
     None (bfloat16 products would put their rounding into the margins).
     """
     dt = basis.vec_dtype
     Cq = state.C.to(dt)
     h = Cq * D.sum(0)
-    slow = state.steps >= slow_after
-    c = Cq * basis.htz(D, slow)
+    slow, stored = state.steps >= SLOW_AFTER, state.stored
+    c = Cq * basis.htz(D, stored)
     precond = Preconditioner(basis, D, Cq, c, h, state.lead, state.lead_dsum)
     x = torch.zeros_like(c)
     zx = torch.zeros_like(D) if basis.Zh is basis.Z else None
@@ -226,7 +238,7 @@ def _pcg(basis: Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow:
     rz = (ra * z).sum(0)
     budget = torch.where(slow, cg_slow, cg_max)
     for it in range(int(budget.max())):
-        sa = slow[idx]
+        sa = stored[idx]
         q = basis.hz(p, sa)
         Sp = p + Ca * basis.htz(Da * q, sa) - ca * ((ca * p).sum(0) / ha)
         alpha = rz / (p * Sp).sum(0)
@@ -251,8 +263,8 @@ def _pcg(basis: Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow:
     return x, xb, None if zx is None else zx.double() + xb
 
 
-def _line_search(state: _Active, sw_, sb_, zs, gw, gb, c1: float = 1e-4, max_halvings: int = 30) -> None:
-    """Per-problem backtracking from the full Newton step; updates ``state`` in place.
+def _line_search(state: _Active, sw_, sb_, zs, gw, gb, c1: float = 1e-4, max_halvings: int = 30) -> torch.Tensor:
+    """Per-problem backtracking from the full Newton step; updates ``state`` in place, returns the step lengths.
 
     A step is accepted when the objective's slope along the direction is still <= 0 there (the
     problem is convex, so the objective decreased all the way), or on Armijo's sufficient
@@ -290,6 +302,7 @@ def _line_search(state: _Active, sw_, sb_, zs, gw, gb, c1: float = 1e-4, max_hal
     state.W = W + t * sw_
     state.b = state.b + t * sb_
     m.addcmul_(zs, t)
+    return t
 
 
 def _polish_intercept(state: _Active, steps: int = 1) -> None:

@@ -214,10 +214,10 @@ def _pcg(basis: Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow:
     step, ``cg_slow`` once it has taken `SLOW_AFTER` steps: a problem still going by then is badly
     conditioned (large C on nearly separable, duplicated rows such as the masked n-gram baseline),
     where short CG runs give poor directions and Newton crawls (60+ steps at C = 1e4 with 6 iterations,
-    12 with 24). A problem marked ``stored`` (its late Newton steps stopped halving the gradient: the
-    masked n-grams at large C, where bfloat16's rounding stalls CG and Newton took several times
-    float32's steps) takes its products at Z's own precision; the encoders' slow problems keep
-    bfloat16, at the same steps as float32, so only the stalled ones pay float32's rate. Returns
+    12 with 24). A problem marked ``stored`` (past `SLOW_AFTER` steps, its line search cut a Newton
+    step back, see `solve`: the masked n-grams at large C, where bfloat16's rounding stalls CG and
+    Newton took several times float32's steps) takes its products at Z's own precision; the encoders'
+    slow problems keep bfloat16, at the same steps as float32, so only the stalled ones pay float32's rate. Returns
     the float64 step and ``Z s_w + s_b``, accumulated from CG's products (so it costs no GEMM) when they are in Z's precision, else
     None (bfloat16 products would put their rounding into the margins).
     """

@@ -1,7 +1,7 @@
 """The credibility table of one encoder end to end, against its probes solved by scikit-learn, same run.
 
     python benchmarks/credibility_speed.py [--features DIR] [--config configs/probe/credibility.yaml]
-                                           [--repeats 3] [--sklearn-targets 4]
+                                           [--repeats 3] [--sklearn-targets 4] [--dtypes D ...]
 
 Ours: ``spatial-probing fit --config configs/probe/credibility.yaml --data.features [DIR]`` in a
 subprocess, everything a user waits for (imports, loading, the nested C selection of every probe set,
@@ -24,7 +24,8 @@ but its products cost time. Their sum bounds the table from below on this machin
 rest of the command does.
 
 Prints the CPU's bfloat16 flags and GEMM rates, each probe set's scikit-learn time (measured on the
-subset, extrapolated) and our selection's time beside its product floor, the table's time, and LAST
+subset, extrapolated), the shape of its solver basis and our selection's time beside its product floor
+(also with HVPs in each of ``--dtypes``), the table's time, and LAST
 ``speedup (scikit-learn / ours)``.
 """
 
@@ -49,10 +50,11 @@ from probe_speed import DEFAULT_FEATURES, gemm_pair_ms, product_flop, product_se
 
 from spatial_probing.probes.baselines import PREFIX, is_majority  # noqa: E402
 from spatial_probing.probes.data import ProbeDataModule  # noqa: E402
+from spatial_probing.probes.module import HVP_DTYPES  # noqa: E402
 from spatial_probing.probes.selection import nested_masks  # noqa: E402
 from spatial_probing.probes.sklearn_ref import fit_sklearn  # noqa: E402
 from spatial_probing.probes.solver import fit_logreg  # noqa: E402
-from spatial_probing.probes.solver.basis import counting_products  # noqa: E402
+from spatial_probing.probes.solver.basis import Basis, Csr, counting_products  # noqa: E402
 from spatial_probing.tasks.relation_type import RelationType  # noqa: E402
 
 
@@ -101,12 +103,12 @@ def sklearn_seconds(batch: dict, model: dict, n_targets: int, n_jobs: int) -> tu
     return seconds * y.shape[1] / len(keep), masks.shape[0] * len(model["Cs"]) * len(keep)
 
 
-def selection_floor(batch: dict, model: dict) -> tuple[float, float, int, float]:
-    """Our nested selection of one probe set run by itself: (its seconds, its counted products' seconds at
-    this machine's rates, how many products, their GFLOP)."""
+def selection_floor(batch: dict, model: dict, dtype: str) -> tuple[float, float, int, float]:
+    """Our nested selection of one probe set run by itself with HVPs in ``dtype``: (its seconds, its counted
+    products' seconds at this machine's rates, how many products, their GFLOP)."""
     y, train = batch["y"].numpy(), batch["train_mask"].numpy()
     masks, parents, _ = nested_masks(y, train, batch["protocol"]["n_splits"], batch["protocol"]["seed"])
-    kwargs = dict(tol=model["tol"], class_weight=model.get("class_weight"), dtype=getattr(torch, model["dtype"]))
+    kwargs = dict(tol=model["tol"], class_weight=model.get("class_weight"), dtype=HVP_DTYPES[dtype])
     start = time.perf_counter()
     with counting_products() as counts:
         fit_logreg(batch["x"], y, masks, model["Cs"], parents=parents, **kwargs)
@@ -120,8 +122,11 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=Path("configs/probe/credibility.yaml"))
     parser.add_argument("--repeats", type=int, default=3, help="runs of the table; the best counts")
     parser.add_argument("--sklearn-targets", type=int, default=4, help="targets per probe set scikit-learn solves")
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(HVP_DTYPES), default=[],
+                        help="also time each selection with HVPs in these precisions (the config's always runs)")
     args = parser.parse_args()
     config = yaml.safe_load(args.config.read_text())
+    dtypes = [config["model"]["dtype"]] + [d for d in args.dtypes if d != config["model"]["dtype"]]
     n_jobs = os.cpu_count() or 1
 
     n, d = 7680, 768
@@ -141,13 +146,18 @@ def main() -> None:
         total += seconds
         print(f"scikit-learn {batch['log_label']} ({tuple(batch['x'].shape)}): {problems} problems of "
               f"{args.sklearn_targets} targets, extrapolated to {batch['y'].shape[1]}: {seconds:.0f} s", flush=True)
-        mine, floor, n_products, gflop = selection_floor(batch, config["model"])
-        ours_total, floor_total = ours_total + mine, floor_total + floor
-        print(f"  ours, all {batch['y'].shape[1]} targets: {mine:.1f} s; its {n_products} products ({gflop:.0f} GFLOP) "
-              f"at this machine's rates: {floor:.1f} s", flush=True)
+        Z = Basis.build(batch["x"], batch["train_mask"].any(dim=(0, 2)), torch.float32).Z
+        print(f"  solver basis Z: {Z.shape[0]} x {Z.shape[1]} ({Z.shape[0] * Z.shape[1]:,} entries"
+              f"{', sparse' if isinstance(Z, Csr) else ''})")
+        for dtype in dtypes:
+            mine, floor, n_products, gflop = selection_floor(batch, config["model"], dtype)
+            if dtype == dtypes[0]:
+                ours_total, floor_total = ours_total + mine, floor_total + floor
+            print(f"  ours, all {batch['y'].shape[1]} targets, HVPs {dtype}: {mine:.1f} s; its {n_products} products "
+                  f"({gflop:.0f} GFLOP) at this machine's rates: {floor:.1f} s", flush=True)
     print(f"scikit-learn, nested selection of every probe set (lbfgs, joblib {n_jobs} workers, tol "
           f"{config['model']['tol']:g}): {total:.0f} s extrapolated (MDL, bootstraps, report not counted)")
-    print(f"ours, nested selection of every probe set: {ours_total:.1f} s, of which its products alone take "
+    print(f"ours, nested selection of every probe set (HVPs {dtypes[0]}): {ours_total:.1f} s, of which its products alone take "
           f"{floor_total:.1f} s at this machine's rates (the table's floor here)")
     ours = table_seconds(args.config, args.features, args.repeats)
     print(f"the credibility table ({args.config}), whole command, best of {args.repeats}: {ours:.1f} s (goal <= 60 s)")

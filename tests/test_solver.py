@@ -121,6 +121,31 @@ def test_bfloat16_products_where_the_hardware_has_them():
     assert bf16_supported("cpu") == bool(flags.get("amx_bf16") or flags.get("avx512_bf16"))
 
 
+def test_auto_precision_takes_bfloat16_only_for_large_bases(monkeypatch):
+    """dtype "auto": bfloat16 products where they are native and the basis reaches LOW_MIN_ENTRIES, float32
+    below it; the optimum is the same either way."""
+    import spatial_probing.probes.solver as solver_pkg
+
+    X, Y, train, _ = _data(9)
+    used = torch.ones(len(X), dtype=torch.bool)
+    small = Basis.build(X, used, torch.bfloat16, low_min_entries=X.size + 1)
+    assert small.Zh is small.Z and small.Z.dtype == torch.float32
+    assert Basis.build(X, used, torch.bfloat16, low_min_entries=small.Z.numel()).Zh.dtype == torch.bfloat16
+
+    def product_dtypes(threshold):
+        monkeypatch.setattr(solver_pkg, "LOW_MIN_ENTRIES", threshold)
+        with counting_products() as counts:
+            fit = fit_logreg(X, Y, train, CS, dtype="auto")
+        return fit, {shape[3] for shape in counts}
+
+    ref = fit_logreg(X, Y, train, CS, dtype=torch.float64)
+    for threshold, low in ((2**20, False), (0, bf16_supported("cpu"))):
+        fit, dtypes = product_dtypes(threshold)
+        assert (torch.bfloat16 in dtypes) == low and torch.float32 in dtypes
+        assert fit.converged.all()
+        torch.testing.assert_close(fit.W, ref.W, atol=1e-6, rtol=0)
+
+
 def test_sklearn_reference_layout_and_defaults():
     X, Y, train, _ = _data(6)
     ref = fit_sklearn(X, Y, train, CS)  # scikit-learn's defaults: tol 1e-4, max_iter 100

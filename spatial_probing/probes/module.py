@@ -42,7 +42,8 @@ from spatial_probing.probes.stats import (
 
 Solver = Literal["batched", "sklearn"]
 _SOLVERS = {"batched": solver.fit_logreg, "sklearn": sklearn_ref.fit_sklearn}
-_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
+# `fit_logreg`'s HVP precision by config name ("auto" it resolves itself, per probe set)
+HVP_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "auto": "auto"}
 # A probe has no torch optimizer by design (the solvers optimise); Lightning's hint about it is noise.
 warnings.filterwarnings("ignore", message=r"`LightningModule.configure_optimizers` returned `None`")
 
@@ -66,8 +67,9 @@ class LinearProbe(pl.LightningModule):
             rows (``data.n_splits`` inner folds, mean macro-F1) and report only the chosen C;
             needs the batched solver (all inner fits are one batched solve).
         dtype: precision of the batched solver's Hessian-vector products (``bfloat16`` only where the
-            hardware multiplies it natively, float32 elsewhere); gradients and the stopping test stay
-            float64-accurate (docs/solver.md).
+            hardware multiplies it natively, float32 elsewhere; ``auto``: bfloat16 there for probe sets
+            whose basis is large enough to gain from it, float32 for the rest); gradients and the
+            stopping test stay float64-accurate (docs/solver.md).
         stats: bootstrap CIs, meta-category aggregates, selectivity and paired tests (`probes.stats`),
             from the held-out predictions of this fit; needs one C per probe (a single C or select_C).
         mdl: also the online codelength of every target (`probes.mdl`), a batched solve of its own.
@@ -81,7 +83,7 @@ class LinearProbe(pl.LightningModule):
         tol: float | None = None,
         max_iter: int | None = None,
         select_C: bool = False,
-        dtype: Literal["float64", "float32", "bfloat16"] = "float64",
+        dtype: Literal["float64", "float32", "bfloat16", "auto"] = "float64",
         stats: StatsOptions | None = None,
         mdl: MDLOptions | None = None,
     ) -> None:
@@ -119,7 +121,7 @@ class LinearProbe(pl.LightningModule):
         kwargs = {"class_weight": hp.class_weight}
         kwargs |= {k: v for k, v in (("tol", hp.tol), ("max_iter", hp.max_iter)) if v is not None}
         if hp.solver == "batched":
-            kwargs |= {"device": device, "dtype": _DTYPES[hp.dtype]}
+            kwargs |= {"device": device, "dtype": HVP_DTYPES[hp.dtype]}
         return kwargs
 
     def _solve(self, batch: dict[str, Any]) -> solver.LogRegFit:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -59,6 +60,11 @@ from spatial_probing.probes.solver.objective import (
     sample_weights,
 )
 
+# Basis entries below which dtype "auto" keeps float32 products: there a product takes ~1 ms and the
+# solve is bound by per-iteration elementwise work, so bfloat16's casts cost more than its GEMMs save
+# (masked n-grams, Z 1229 x 287: nested selection 20 s float32, 30 s bfloat16 on AVX512-BF16; mpnet,
+# Z 4006 x 764: 22 s float32, 13 s bfloat16; benchmarks/credibility_speed.py)
+LOW_MIN_ENTRIES = 2**20
 _SMALL_GEMM = 2**24  # multiply-adds of a GEMM with every problem's column below which one thread is faster
 
 
@@ -98,7 +104,7 @@ def fit_logreg(
     tol: float = 1e-10,
     max_iter: int = 100,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | Literal["auto"] = torch.float64,
     max_problems: int | None = None,
     warm_start: bool = True,
     parents: Sequence[int] | None = None,
@@ -111,8 +117,9 @@ def fit_logreg(
     problem on its own training rows, as scikit-learn does on the data it is fitted on).
     ``tol`` is scikit-learn's ``gtol`` (max abs gradient of the scaled objective); ``max_iter``
     bounds Newton steps. ``dtype`` is the precision of the Hessian-vector products: float64,
-    float32 (faster) or bfloat16 (fastest where the hardware multiplies bfloat16 natively, see
-    `bf16_supported`; elsewhere it runs as float32); the answer stays float64-accurate. ``max_problems`` bounds how many problems are
+    float32 (faster), bfloat16 (fastest where the hardware multiplies bfloat16 natively, see
+    `bf16_supported`; elsewhere it runs as float32) or ``"auto"``: bfloat16 where that holds and the
+    basis has at least `LOW_MIN_ENTRIES` entries, float32 otherwise; the answer stays float64-accurate. ``max_problems`` bounds how many problems are
     solved together (memory grows by ~20 ``[n, max_problems]`` float64 arrays; by default about
     the size of the float32 feature matrix). ``warm_start`` first solves each (C, target) loosely
     on the union of its folds and starts every fold there; ``parents[f] = g`` instead starts fold f from fold g's
@@ -123,9 +130,10 @@ def fit_logreg(
     mask = as_tensor(train_mask).to(dev, torch.bool)
     n_folds, n, n_targets = mask.shape
     Cs = tuple(float(c) for c in Cs)
-    if dtype == torch.bfloat16 and not bf16_supported(dev):
-        dtype = torch.float32
-    basis = Basis.build(X, mask.any(dim=(0, 2)), dtype)
+    low_min_entries = LOW_MIN_ENTRIES if dtype == "auto" else 0
+    if dtype == "auto" or (dtype == torch.bfloat16 and not bf16_supported(dev)):
+        dtype = torch.bfloat16 if bf16_supported(dev) else torch.float32
+    basis = Basis.build(X, mask.any(dim=(0, 2)), dtype, low_min_entries=low_min_entries)
     d = basis.Z.shape[1]
     sw = sample_weights(sample_weight, n, n_targets, dev)
     if max_problems is None:

@@ -137,12 +137,19 @@ class Basis:
 
     @classmethod
     def build(
-        cls, X: ArrayLike, used: torch.Tensor, dtype: torch.dtype, block: int = 1024, layout: str = "auto"
+        cls,
+        X: ArrayLike,
+        used: torch.Tensor,
+        dtype: torch.dtype,
+        block: int = 1024,
+        layout: str = "auto",
+        low_min_entries: int = 0,
     ) -> Basis:
         """Merge, centre and rotate X in row blocks; Z (and its bfloat16 copy) are the only full-size copies.
 
         ``dtype`` is the HVP precision: bfloat16 stores Z in float32 plus a bfloat16 copy (dense
-        only). ``layout``: ``"dense"`` (rotated), ``"sparse"`` (original coordinates, CSR) or
+        only, and only where Z has at least ``low_min_entries`` entries: smaller ones multiply at
+        float32). ``layout``: ``"dense"`` (rotated), ``"sparse"`` (original coordinates, CSR) or
         ``"auto"``, sparse where at most `SPARSE` of the used rows' entries are nonzero and X has at
         least `SPARSE_MIN_COLUMNS` columns.
         """
@@ -192,7 +199,8 @@ class Basis:
         Z = torch.empty(len(first), len(lam), dtype=store, device=dev)
         for sl, xb in blocks():
             Z[sl] = matmul(xb - mu, V).to(store)
-        return cls(Z=Z, Zh=Z.to(dtype), V=V, lam=lam.clamp_min(0), **common)
+        Zh = Z.to(dtype) if Z.numel() >= low_min_entries else Z
+        return cls(Z=Z, Zh=Zh, V=V, lam=lam.clamp_min(0), **common)
 
     @property
     def vec_dtype(self) -> torch.dtype:

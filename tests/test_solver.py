@@ -7,7 +7,9 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from spatial_probing.data.vsr import load_vsr
 from spatial_probing.machine import bf16_supported
+from spatial_probing.probes.baselines import baseline_features
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.probes.sklearn_ref import fit_sklearn
 from spatial_probing.probes.solver import fit_logreg, scaled_gradient_max
@@ -281,6 +283,24 @@ def test_stored_columns_get_z_precision_and_the_rest_bfloat16():
     assert not torch.equal(rounded, exact)  # the two precisions differ, so the test tells them apart
     assert torch.equal(basis.htz(R, stored)[:, stored], (basis.Z.T @ R)[:, stored])
     assert torch.equal(basis.hz(P), rounded) and torch.equal(basis.hz(P, torch.ones(4, dtype=torch.bool)), exact)
+
+
+def test_a_stalled_bfloat16_problem_goes_on_at_z_precision(vsr_dir):
+    """The relation-masked n-grams at C = 1e4 (nearly separable duplicated rows): bfloat16's rounding stalls
+    CG, the line search cuts late steps back, and from there the problem's products are float32. With
+    every product bfloat16 these problems ran into 100 Newton steps unconverged; here they converge."""
+    rows = load_vsr(str(vsr_dir / "random"), "train")
+    X = baseline_features("ngrams-masked", rows)
+    Y = (np.asarray(rows.relations) == "perpendicular to")[:, None].astype(np.int8)
+    train = fold_masks(target_folds(Y, n_splits=5, seed=42))[0][3:5]
+    with counting_products() as counts:
+        fit = fit_logreg(X, Y, train, [1e4], tol=1e-6, class_weight="balanced", dtype=torch.bfloat16)
+    assert fit.converged.all() and int(fit.n_iter.max()) < 100
+    assert float(scaled_gradient_max(X, Y, train, fit, class_weight="balanced").max()) < 1e-5  # float64 grade
+    # CG's products Z @ P ran in bfloat16 and, once the problems stalled, at Z's float32
+    u, r = Basis.build(X, torch.as_tensor(train).any(dim=(0, 2)), torch.float32).Z.shape
+    hz = {dt for (m, k, _, dt, transposed, _) in counts if (m, k, transposed) == (u, r, False)}
+    assert hz == ({torch.bfloat16, torch.float32} if bf16_supported("cpu") else {torch.float32})
 
 
 def _sparse_data(n=900, d=1100, seed=0):

@@ -62,8 +62,8 @@ from spatial_probing.probes.solver.objective import (
 
 # Basis entries below which dtype "auto" keeps float32 products: there a product takes ~1 ms and the
 # solve is bound by per-iteration elementwise work, so bfloat16's casts cost more than its GEMMs save
-# (masked n-grams, Z 1229 x 287: nested selection 20 s float32, 30 s bfloat16 on AVX512-BF16; mpnet,
-# Z 4006 x 764: 22 s float32, 13 s bfloat16; benchmarks/credibility_speed.py)
+# (on AVX512-BF16, `benchmarks/credibility_speed.py --dtypes float32 bfloat16`: the masked n-grams' nested
+# selection, Z 1229 x 287, 18.9 s float32, 25.9 s bfloat16; mpnet's, Z 4006 x 764, 25.0 s and 17.2 s)
 LOW_MIN_ENTRIES = 2**20
 _SMALL_GEMM = 2**24  # multiply-adds of a GEMM with every problem's column below which one thread is faster
 

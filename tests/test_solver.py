@@ -14,6 +14,7 @@ from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.probes.sklearn_ref import fit_sklearn
 from spatial_probing.probes.solver import fit_logreg, scaled_gradient_max
 from spatial_probing.probes.solver.basis import Basis, counting_products
+from spatial_probing.probes.solver.newton import default_workers
 from spatial_probing.probes.solver.predict import decision_function, predict, predict_proba
 
 CS = (0.01, 1.0, 100.0)
@@ -91,11 +92,37 @@ def test_rows_outside_the_masks_are_ignored():
 def test_options_do_not_change_the_optimum():
     X, Y, train, _ = _data(3)
     ref = fit_logreg(X, Y, train, CS)
-    for kwargs in ({"warm_start": False}, {"max_problems": 4}, {"dtype": torch.float32}, {"dtype": torch.bfloat16}):
+    for kwargs in ({"warm_start": False}, {"max_problems": 4}, {"max_problems": 8, "workers": 2},
+                   {"dtype": torch.float32}, {"dtype": torch.bfloat16}):
         other = fit_logreg(torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(train), CS, **kwargs)
         # both within tol = 1e-10 of the optimum: equal to what that tolerance resolves
         torch.testing.assert_close(other.W, ref.W, atol=1e-6, rtol=0)
         torch.testing.assert_close(other.b, ref.b, atol=1e-6, rtol=0)
+
+
+def test_worker_threads_split_the_working_set_and_reach_the_same_optimum():
+    X, Y, train, _ = _data(6)
+    widths = {}
+    for workers in (1, 2):
+        with counting_products() as counts:
+            fit = fit_logreg(X, Y, train, CS, dtype=torch.float32, max_problems=8, workers=workers)
+        assert fit.converged.all()
+        # the HVPs Z @ P of the Newton loop: [rows, r] x [r, problems of one working set]
+        u, r = Basis.build(X, torch.from_numpy(train.any(axis=(0, 2))), torch.float32).Z.shape
+        widths[workers] = max(n for (m, k, n, dt, tr, _) in counts if (m, k, dt, tr) == (u, r, torch.float32, False))
+        if workers == 1:
+            ref = fit
+    assert widths == {1: 8, 2: 4}  # each of the two workers iterates its own half-width working set
+    torch.testing.assert_close(fit.W, ref.W, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fit.b, ref.b, atol=1e-6, rtol=0)
+
+
+def test_default_workers_shard_only_problems_that_overflow_one_working_set():
+    cpu, threads = torch.device("cpu"), torch.get_num_threads()
+    assert default_workers(6300, 418, cpu) == min(threads, 3)  # at least MIN_WORKER_WIDTH columns each
+    assert default_workers(180, 418, cpu) == 1  # one working set holds them all
+    assert default_workers(6300, 100, cpu) == 1  # too narrow to split
+    assert default_workers(6300, 418, torch.device("meta")) == 1
 
 
 def test_reports_the_scaled_gradient_like_an_independent_check():

@@ -65,6 +65,10 @@ from spatial_probing.probes.solver.objective import (
 # (on AVX512-BF16, `benchmarks/credibility_speed.py --dtypes float32 bfloat16`: the masked n-grams' nested
 # selection, Z 1229 x 287, 18.9 s float32, 25.9 s bfloat16; mpnet's, Z 4006 x 764, 25.0 s and 17.2 s)
 LOW_MIN_ENTRIES = 2**20
+# Newton steps of the union anchors: they only start the folds, and a few badly conditioned ones (the
+# masked n-grams at C = 1e4) otherwise hover near the tolerance for up to max_iter steps on a working set of
+# one to three columns, where a step costs its fixed overhead (1.8 s of that set's 2.6 s anchor solve, measured)
+ANCHOR_MAX_ITER = 20
 _SMALL_GEMM = 2**24  # multiply-adds of a GEMM with every problem's column below which one thread is faster
 
 
@@ -108,6 +112,7 @@ def fit_logreg(
     max_problems: int | None = None,
     warm_start: bool = True,
     parents: Sequence[int] | None = None,
+    workers: int | None = None,
 ) -> LogRegFit:
     """Fit every (fold, C, target) L2 logistic regression to scikit-learn's optimum.
 
@@ -124,6 +129,8 @@ def fit_logreg(
     the size of the float32 feature matrix). ``warm_start`` first solves each (C, target) loosely
     on the union of its folds and starts every fold there; ``parents[f] = g`` instead starts fold f from fold g's
     answer (g is solved first; nested CV: inner folds from their outer fold), -1 the union.
+    ``workers`` threads iterate working sets of their own (`newton.solve`); None: one per CPU thread where
+    the problems overflow one working set, else one.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     Yt = as_tensor(Y).to(dev)
@@ -156,7 +163,7 @@ def fit_logreg(
         if warm_start and n_folds > 1:
             union = Problems(basis, Yt, sw, class_weight, Cs, mask.any(0, keepdim=True))
             # Loose is enough: fold answers differ from the union's by far more than this.
-            anchor = solve(basis, union, None, max(tol, 1e-6), max_iter, max_problems)
+            anchor = solve(basis, union, None, max(tol, 1e-6), min(max_iter, ANCHOR_MAX_ITER), max_problems, workers)
             anchor = anchor_bank(basis, union, anchor)
         for level in _levels(parents):
             problems = Problems(basis, Yt, sw, class_weight, Cs, mask[level])
@@ -171,7 +178,7 @@ def fit_logreg(
                     anchor_key=problems.c * n_targets + problems.t,
                     parent_key=torch.where(parent >= 0, flat_parent, -1),
                 )
-            out = solve(basis, problems, init, tol, max_iter, max_problems)
+            out = solve(basis, problems, init, tol, max_iter, max_problems, workers)
             for name in ("Wrot", "brot", "n_iter", "converged", "grad_max"):
                 getattr(res, name)[level] = getattr(out, name)
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from threading import Lock
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ SPARSE_MIN_COLUMNS = 1024
 # nnz: A's stored entries when it is sparse (CSR), 0 when dense
 Shape = tuple[int, int, int, torch.dtype, bool, int]
 _PRODUCTS: ContextVar[Counter[Shape] | None] = ContextVar("solver_products", default=None)
+_COUNTING = Lock()
 
 
 def as_tensor(a: ArrayLike) -> torch.Tensor:
@@ -62,7 +64,8 @@ def matmul(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         transposed = not sparse and A.ndim == 2 and A.stride(0) == 1 and A.shape[1] > 1
         m = A.shape[0] if sparse else A.numel() // A.shape[-1]
         nnz = A.nnz if sparse else 0
-        counts[(m, A.shape[-1], B.shape[-1] if B.ndim > 1 else 1, A.dtype, transposed, nnz)] += 1
+        with _COUNTING:  # the solver's worker threads share one counter
+            counts[(m, A.shape[-1], B.shape[-1] if B.ndim > 1 else 1, A.dtype, transposed, nnz)] += 1
     return A @ B
 
 

@@ -15,7 +15,7 @@ from spatial_probing.probes.sklearn_ref import fit_sklearn
 from spatial_probing.probes.solver import fit_logreg, scaled_gradient_max
 from spatial_probing.probes.solver.basis import Basis, counting_products
 from spatial_probing.probes.solver.newton import default_workers
-from spatial_probing.probes.solver.predict import decision_function, predict, predict_proba
+from spatial_probing.probes.solver.predict import decision_function, predict, predict_proba, sparse_rows
 
 CS = (0.01, 1.0, 100.0)
 
@@ -223,6 +223,19 @@ def test_predictions_of_every_row():
     dec = decision_function(X, fit)
     assert dec[0, 0, 4, 0] > 0 > dec[0, 0, 4, 1]
     torch.testing.assert_close(predict(X, fit), dec > 0, rtol=0, atol=0)
+
+
+def test_sparse_rows_multiply_as_float64_csr_with_the_dense_answers():
+    X, Y, train, _ = _sparse_data()
+    fit = fit_logreg(X, Y, train, [1.0], tol=1e-8)
+    rows = sparse_rows(X)
+    assert rows.layout == torch.sparse_csr and rows.dtype == torch.float64
+    assert rows._nnz() == np.count_nonzero(X)
+    dense = decision_function(X, fit)
+    torch.testing.assert_close(decision_function(rows, fit), dense, rtol=0, atol=1e-12)
+    torch.testing.assert_close(predict(rows, fit), dense > 0, rtol=0, atol=0)
+    encoder, narrow = _data()[0], X[:, :1000]  # dense features, and narrow ones, are left as they are
+    assert sparse_rows(encoder) is encoder and sparse_rows(narrow) is narrow
 
 
 def test_one_class_problem_is_an_error():

@@ -23,7 +23,7 @@ import numpy as np
 
 from spatial_probing.probes.solver import fit_logreg
 from spatial_probing.probes.solver.basis import ArrayLike
-from spatial_probing.probes.solver.predict import decision_function
+from spatial_probing.probes.solver.predict import decision_function, sparse_rows
 
 FRACTIONS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.25, 12.5, 25.0, 50.0, 100.0)
 
@@ -107,7 +107,7 @@ def online_codelength(X: ArrayLike, Y: ArrayLike, row_mask: np.ndarray, options:
     masks = np.where(trainable[:, None], train, borrowed[None])
     fit_kwargs.pop("class_weight", None)
     fit = fit_logreg(X, y.astype(np.int8), masks, [options.C], class_weight=None, **fit_kwargs)
-    decision = decision_function(X, fit)[:, 0].cpu().numpy()  # [K-1, n, T]
+    decision = decision_function(sparse_rows(X), fit)[:, 0].cpu().numpy()  # [K-1, n, T]
     sign = np.where(y, 1.0, -1.0)[None]
     model_bits = np.logaddexp(0.0, -sign * decision) / math.log(2)
     p_pos = (pos + 0.5) / (pos + neg + 1.0)  # [K-1, T]

@@ -15,7 +15,7 @@ from torchmetrics.functional.classification import binary_stat_scores
 
 from spatial_probing.probes.solver import LogRegFit
 from spatial_probing.probes.solver.basis import ArrayLike
-from spatial_probing.probes.solver.predict import predict
+from spatial_probing.probes.solver.predict import predict, sparse_rows
 
 METRICS = ("f1_macro", "f1_pos", "accuracy", "balanced_accuracy")
 
@@ -87,6 +87,7 @@ def fit_metrics(X: ArrayLike, Y: ArrayLike, test_mask: ArrayLike, fit: LogRegFit
     """
     test = _tensor(test_mask)
     distinct, row_of = torch.unique(_tensor(X), dim=0, return_inverse=True)
+    distinct = sparse_rows(distinct)
     per_fold = [
         binary_metrics(predict(distinct, fold(fit, f))[:, :, row_of], Y, test[f : f + 1]) for f in range(fit.W.shape[0])
     ]

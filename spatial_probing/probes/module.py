@@ -31,7 +31,7 @@ from spatial_probing.probes.results import (
     results_frame,
     summary,
 )
-from spatial_probing.probes.solver.predict import decision_values
+from spatial_probing.probes.solver.predict import decision_values, sparse_rows
 from spatial_probing.probes.stats import (
     SetOutputs,
     StatsOptions,
@@ -104,6 +104,7 @@ class LinearProbe(pl.LightningModule):
         self.automatic_optimization = False  # training_step runs the solver itself
         self._fits: dict[int, solver.LogRegFit] = {}
         self._chosen: dict[int, torch.Tensor] = {}  # per set: index into Cs per (fold, target)
+        self._scores: dict[int, dict[str, torch.Tensor]] = {}  # per set: held-out metrics select_C already took
         self.records: list[pd.DataFrame] = []  # tidy results, one frame per probe set
         self.fit_info: list[dict] = []  # one row per probe set: provenance, solver, convergence
         self.outputs: list[SetOutputs] = []  # held-out predictions per probe set (model.stats)
@@ -140,6 +141,7 @@ class LinearProbe(pl.LightningModule):
                 inner_splits=protocol["n_splits"], seed=protocol["seed"], **kwargs,
             )  # fmt: skip
             self._chosen[batch["index"]] = chosen.best_index
+            self._scores[batch["index"]] = chosen.outer
             return chosen.refit
         if self.hparams.solver == "sklearn":  # the scikit-learn loop runs on the CPU whatever the accelerator
             x, y, train_mask = x.cpu(), y.cpu(), train_mask.cpu()
@@ -184,7 +186,9 @@ class LinearProbe(pl.LightningModule):
         if index not in self._fits:  # sanity-check pass before training: nothing to evaluate
             return
         fit = self._fits[index]
-        scores = metrics.fit_metrics(batch["x"], batch["y"], batch["test_mask"], fit)  # each [F, C, T]
+        scores = self._scores.pop(index, None)  # the nested selection scored the outer test rows already
+        if scores is None:
+            scores = metrics.fit_metrics(batch["x"], batch["y"], batch["test_mask"], fit)  # each [F, C, T]
         scores = {name: value.cpu() for name, value in scores.items()}
         C = torch.tensor(self.Cs, dtype=torch.float64).reshape(1, -1, 1).expand_as(scores["f1_macro"])
         if index in self._chosen:
@@ -228,7 +232,7 @@ class LinearProbe(pl.LightningModule):
         folds, targets = torch.meshgrid(torch.arange(F), torch.arange(T), indexing="ij")
         # the reported probes only ([F, T, d]), all folds in one product: X is converted to float64 once
         W, b = fit.W[folds, pick, targets], fit.b[folds, pick, targets]
-        dec = decision_values(batch["x"], W.reshape(F * T, -1), b.reshape(-1)).cpu().reshape(-1, F, T)
+        dec = decision_values(sparse_rows(batch["x"]), W.reshape(F * T, -1), b.reshape(-1)).cpu().reshape(-1, F, T)
         out = torch.full(test.shape[1:], float("nan"), dtype=torch.float64)
         for f in range(F):
             out = torch.where(test[f], dec[:, f], out)

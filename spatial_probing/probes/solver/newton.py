@@ -280,7 +280,7 @@ def _start(basis: Basis, problems: Problems, idx: torch.Tensor, init: Init | Non
 def _orig_grad_max(basis: Basis, gw: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
     """Max abs gradient in the original coordinates: d/dw = V g_u + mu g_b, d/db = g_b."""
     g = basis.original_gradient(gw, gb)
-    return torch.maximum(g.abs().amax(0), gb.abs())
+    return torch.maximum(g.abs().amax(0).double(), gb.abs())
 
 
 def _pcg(basis: Basis, D, state: _Active, gw, gb, eta, cg_max: int = 6, cg_slow: int = 24):

@@ -14,7 +14,8 @@ from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.probes.sklearn_ref import fit_sklearn
 from spatial_probing.probes.solver import fit_logreg, scaled_gradient_max
 from spatial_probing.probes.solver.basis import Basis, counting_products
-from spatial_probing.probes.solver.newton import default_workers
+from spatial_probing.probes.solver.newton import default_workers, solve
+from spatial_probing.probes.solver.objective import Problems, sample_weights
 from spatial_probing.probes.solver.predict import decision_function, predict, predict_proba, sparse_rows
 
 CS = (0.01, 1.0, 100.0)
@@ -115,6 +116,18 @@ def test_worker_threads_split_the_working_set_and_reach_the_same_optimum():
     assert widths == {1: 8, 2: 4}  # each of the two workers iterates its own half-width working set
     torch.testing.assert_close(fit.W, ref.W, atol=1e-6, rtol=0)
     torch.testing.assert_close(fit.b, ref.b, atol=1e-6, rtol=0)
+
+
+def test_kept_margins_are_the_answers_margins_for_the_folds_they_start():
+    X, Y, train, _ = _data(8)
+    basis = Basis.build(X, torch.from_numpy(train.any(axis=(0, 2))), torch.float32)
+    sw = sample_weights(None, len(X), Y.shape[1], torch.device("cpu"))
+    problems = Problems(basis, torch.from_numpy(Y), sw, None, CS, torch.from_numpy(train))
+    out = solve(basis, problems, None, 1e-10, 100, 8, workers=2, keep_margins=True)
+    W, b = out.Wrot.reshape(-1, out.Wrot.shape[-1]).T, out.brot.reshape(-1)
+    assert out.margins.shape == (basis.Z.shape[0], len(problems))
+    torch.testing.assert_close(out.margins, basis.mm64(W) + b, atol=1e-9, rtol=0)
+    assert solve(basis, problems, None, 1e-10, 100, 8).margins is None
 
 
 def test_default_workers_shard_only_problems_that_overflow_one_working_set():

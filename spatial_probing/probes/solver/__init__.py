@@ -165,9 +165,12 @@ def fit_logreg(
             # Loose is enough: fold answers differ from the union's by far more than this.
             anchor = solve(basis, union, None, max(tol, 1e-6), min(max_iter, ANCHOR_MAX_ITER), max_problems, workers)
             anchor = anchor_bank(basis, union, anchor)
+        # margins of the answers that start other folds: their columns in m_f, by flat problem index
+        m_f, m_col = [], torch.full((res.brot.numel(),), -1, dtype=torch.int64, device=dev)
         for level in _levels(parents):
             problems = Problems(basis, Yt, sw, class_weight, Cs, mask[level])
             init = None
+            flat = (torch.tensor(level, device=dev)[problems.f] * len(Cs) + problems.c) * n_targets + problems.t
             if anchor is not None:
                 parent = torch.tensor([parents[f] for f in level], device=dev)[problems.f]
                 flat_parent = (parent * len(Cs) + problems.c) * n_targets + problems.t
@@ -175,10 +178,16 @@ def fit_logreg(
                     **anchor,
                     W_f=res.Wrot.view(-1, d).T,
                     b_f=res.brot.view(-1),
+                    m_f=torch.cat(m_f, 1) if m_f else anchor["m_a"][:, :0],
+                    m_col=m_col,
                     anchor_key=problems.c * n_targets + problems.t,
                     parent_key=torch.where(parent >= 0, flat_parent, -1),
                 )
-            out = solve(basis, problems, init, tol, max_iter, max_problems, workers)
+            is_parent = anchor is not None and any(f in parents for f in level)
+            out = solve(basis, problems, init, tol, max_iter, max_problems, workers, keep_margins=is_parent)
+            if is_parent:
+                m_col[flat] = sum(m.shape[1] for m in m_f) + torch.arange(len(flat), device=dev)
+                m_f.append(out.margins)
             for name in ("Wrot", "brot", "n_iter", "converged", "grad_max"):
                 getattr(res, name)[level] = getattr(out, name)
 
@@ -211,8 +220,9 @@ def scaled_gradient_max(
     t_idx = torch.arange(T, device=Xt.device).repeat(nC)
     Cp = torch.tensor(fit.Cs, dtype=torch.float64, device=Xt.device).repeat_interleave(T)
     out = torch.empty(F, nC, T, dtype=torch.float64, device=Xt.device)
+    pos, swT = (Yt > 0).T[t_idx], sw.T[t_idx]  # [nC * T, n]
     for f in range(F):
-        ap, an = label_weights(Yt, mask[f][:, t_idx], sw, class_weight, t_idx)
+        ap, an = (w.T for w in label_weights(pos, swT * mask[f].T[t_idx], class_weight))
         W = fit.W[f].reshape(nC * T, d).T
         r = loss_slope(Xt @ W + fit.b[f].reshape(-1), ap, ap + an)
         gw = W + Cp * (Xt.T @ r)

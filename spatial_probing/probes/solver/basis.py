@@ -294,10 +294,12 @@ class Basis:
         return (gw32 if self.V32 is None else matmul(self.V32, gw32)) + self.mu.float()[:, None] * gb32
 
     def merge(self, A: torch.Tensor) -> torch.Tensor:
-        """Per-row ``[n, P]`` weights summed onto Z's rows: ``[u, P]``."""
-        used = self.row_of >= 0
-        out = torch.zeros(self.Z.shape[0], A.shape[1], dtype=A.dtype, device=A.device)
-        return out.index_add_(0, self.row_of[used], A[used])
+        """Per-row ``[P, n]`` weights (one problem per row) summed onto Z's rows: ``[u, P]``."""
+        used = torch.nonzero(self.row_of >= 0).squeeze(1)
+        if len(used) < A.shape[1]:  # rows no problem trains on (row_of -1) add nothing
+            A = A.index_select(1, used)
+        out = torch.zeros(A.shape[0], self.Z.shape[0], dtype=A.dtype, device=A.device)
+        return out.index_add_(1, self.row_of[used], A).T
 
 
 def columns(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -59,14 +59,19 @@ class _Active:
 @dataclass
 class Init:
     """Warm starts: from the union anchors (``*_a``, by ``anchor_key``) or from solved folds
-    (``*_f``, by ``parent_key``, -1 for none); leading blocks always from the anchors."""
+    (``*_f``, by ``parent_key``, -1 for none); leading blocks always from the anchors. A start's margins
+    ``Z W + b`` come with it (a fold's rows are not in them, so an anchor's or parent's answer has the
+    same margins for every problem it starts): no product at admission."""
 
     W_a: torch.Tensor  # [d, nC * T]
     b_a: torch.Tensor  # [nC * T]
+    m_a: torch.Tensor  # [u, nC * T] margins of the anchors, float64
     lead: torch.Tensor  # [k, k, nC * T]
     lead_dsum: torch.Tensor  # [nC * T]
     W_f: torch.Tensor  # [d, F * nC * T]
     b_f: torch.Tensor  # [F * nC * T]
+    m_f: torch.Tensor  # [u, K] margins of the solved problems that are parents
+    m_col: torch.Tensor  # [F * nC * T] column of m_f holding a solved problem's margins (-1: none kept)
     anchor_key: torch.Tensor  # [N]
     parent_key: torch.Tensor  # [N]
 
@@ -76,13 +81,21 @@ def anchor_bank(basis: Basis, union: Problems, anchor: Solved) -> dict[str, torc
     d = basis.Z.shape[1]
     W_a, b_a = anchor.Wrot.reshape(-1, d).T, anchor.brot.reshape(-1)
     ap, an = union.weights(torch.arange(len(union), device=W_a.device))
-    _, D = loss_derivatives(basis.mm64(W_a) + b_a, ap, ap + an)
+    m_a = basis.mm64(W_a) + b_a
+    _, D = loss_derivatives(m_a, ap, ap + an)
     D = D.to(basis.vec_dtype)
-    return {"W_a": W_a, "b_a": b_a, "lead": lead_blocks(basis, D, min(LEAD, d)), "lead_dsum": D.sum(0)}
+    return {"W_a": W_a, "b_a": b_a, "m_a": m_a, "lead": lead_blocks(basis, D, min(LEAD, d)), "lead_dsum": D.sum(0)}
 
 
 def solve(
-    basis: Basis, problems: Problems, init, tol: float, max_iter: int, capacity: int, workers: int | None = None
+    basis: Basis,
+    problems: Problems,
+    init,
+    tol: float,
+    max_iter: int,
+    capacity: int,
+    workers: int | None = None,
+    keep_margins: bool = False,
 ) -> Solved:
     """Truncated Newton on every problem, ``capacity`` at a time, streaming, on ``workers`` threads.
 
@@ -90,7 +103,8 @@ def solve(
     their width until the queue is empty instead of a chunk idling on its slowest problem.
     ``init`` is None (cold starts) or an `Init`. With ``workers`` > 1 each worker thread iterates a
     working set of its own (``capacity / workers`` wide) on ``threads / workers`` CPU threads, taking
-    problems from one shared queue (`_Queue`); None: `default_workers`.
+    problems from one shared queue (`_Queue`); None: `default_workers`. ``keep_margins`` also returns every
+    answer's margins ``[u, N]`` (`Solved.margins`), to start the problems whose parents these are.
 
     Precision: with Z in float32, gradients and margin updates are float32 GEMMs accumulated
     into float64 margins. For tolerances below 1e-7 a problem whose gradient passes the test, or
@@ -106,6 +120,7 @@ def solve(
         n_iter=torch.zeros(N, dtype=torch.int64, device=dev),
         converged=torch.zeros(N, dtype=torch.bool, device=dev),
         grad_max=torch.full((N,), float("inf"), dtype=torch.float64, device=dev),
+        m=torch.empty(u, N, dtype=torch.float64, device=dev) if keep_margins else None,
     )
     workers = max(1, min(default_workers(N, capacity, dev) if workers is None else workers, N))
     queue = _Queue(N, workers, dev)
@@ -118,7 +133,7 @@ def solve(
             jobs = [pool.submit(copy_context().run, _on_threads, per, run) for _ in range(workers)]
             for job in jobs:
                 job.result()
-    return problems.solved(out.W, out.b, out.n_iter, out.converged, out.grad_max)
+    return problems.solved(out.W, out.b, out.n_iter, out.converged, out.grad_max, out.m)
 
 
 def default_workers(n_problems: int, capacity: int, device: torch.device) -> int:
@@ -146,6 +161,7 @@ class _Out:
     n_iter: torch.Tensor
     converged: torch.Tensor
     grad_max: torch.Tensor
+    m: torch.Tensor | None  # [u, N] margins of the answers, where kept
 
 
 class _Queue:
@@ -206,8 +222,10 @@ def _iterate(basis: Basis, problems: Problems, init, tol, max_iter, capacity, qu
         out.converged[ids[ok]] = True
         done = ok | (state.steps >= max_iter)
         if bool(done.any()):
-            keep = ~done
-            keep = torch.nonzero(keep).squeeze(1)
+            if out.m is not None:
+                finished = torch.nonzero(done).squeeze(1)
+                set_columns(out.m, ids[finished], columns(state.m, finished))
+            keep = torch.nonzero(~done).squeeze(1)
             state, D, gw, gb, gmax = state.select(keep), columns(D, keep), columns(gw, keep), gb[keep], gmax[keep]
             if not len(state.ids):
                 state = None
@@ -264,11 +282,12 @@ def _start(basis: Basis, problems: Problems, idx: torch.Tensor, init: Init | Non
         lead_dsum = torch.zeros(len(idx), dtype=dt, device=dev)
     else:
         ka, kp = init.anchor_key[idx], init.parent_key[idx]
-        W, b = columns(init.W_a, ka), init.b_a[ka].clone()
+        W, b, m = columns(init.W_a, ka), init.b_a[ka].clone(), columns(init.m_a, ka)
         child = torch.nonzero(kp >= 0).squeeze(1)
-        set_columns(W, child, columns(init.W_f, kp[child]))
-        b[child] = init.b_f[kp[child]]
-        m = basis.mm(W) + b
+        if len(child):
+            set_columns(W, child, columns(init.W_f, kp[child]))
+            b[child] = init.b_f[kp[child]]
+            set_columns(m, child, columns(init.m_f, init.m_col[kp[child]]))
         lead, lead_dsum = columns(init.lead, ka), init.lead_dsum[ka]
     steps = torch.zeros(len(idx), dtype=torch.int64, device=dev)
     exact = torch.full((len(idx),), basis.Z.dtype == torch.float64, device=dev)

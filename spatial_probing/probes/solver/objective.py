@@ -24,33 +24,26 @@ def sample_weights(
 
 
 def label_weights(
-    Y: torch.Tensor,
-    mask: torch.Tensor,
-    sw: torch.Tensor,
+    pos: torch.Tensor,
+    a: torch.Tensor,
     class_weight: str | None,
-    t_idx: torch.Tensor,
-    f_idx: torch.Tensor | None = None,
+    where: list[tuple[int, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row ``[n, P]`` float64 weights of positive rows and of negative rows (0 off the training rows).
+    """Per-row ``[P, n]`` float64 weights of positive rows and of negative rows (0 off the training rows).
 
-    ``mask [n, P]`` is each problem's training rows, ``t_idx [P]`` its target, ``f_idx`` its fold
-    (for error messages).
+    ``pos [P, n]`` marks each problem's positive rows, ``a [P, n]`` is each row's sample weight on the
+    problem's training rows and 0 elsewhere; ``where`` names each problem's (fold, target), for errors.
+    One problem per row of the arrays: its rows are contiguous, so building them is row gathers.
     """
-    pos = Y[:, t_idx] > 0
-    a = sw[:, t_idx] * mask
     w_pos = a * pos
     w_neg = a - w_pos
-    n_pos, n_neg = w_pos.sum(0), w_neg.sum(0)
-    one_class = (n_pos <= 0) | (n_neg <= 0)
+    n_pos, n_neg = w_pos.sum(1, keepdim=True), w_neg.sum(1, keepdim=True)
+    one_class = ((n_pos <= 0) | (n_neg <= 0)).squeeze(1)
     if bool(one_class.any()):
-        where = (
-            [(int(f), int(t)) for f, t in zip(f_idx[one_class], t_idx[one_class], strict=True)]
-            if f_idx is not None
-            else []
-        )
+        named = [where[i] for i in torch.nonzero(one_class).squeeze(1).tolist()] if where is not None else []
         raise ValueError(
             f"{int(one_class.sum())} problem(s) have training rows (of positive weight) of only one class"
-            + (f": (fold, target) {where[:10]}" if where else "")
+            + (f": (fold, target) {named[:10]}" if named else "")
             + "; drop those targets or use fewer folds"
         )
     if class_weight == "balanced":
@@ -90,13 +83,17 @@ class Solved:
     n_iter: torch.Tensor
     converged: torch.Tensor
     grad_max: torch.Tensor
+    margins: torch.Tensor | None = None  # [u, N] margins Z W + b of the answers, flat order (where kept)
 
 
 class Problems:
     """The (fold, C, target) problems of a ``[F, n, T]`` mask, in a flat order, weights built on demand."""
 
     def __init__(self, basis: Basis, Y, sw, class_weight, Cs: tuple[float, ...], mask: torch.Tensor):
-        self.basis, self.Y, self.sw, self.class_weight, self.mask = basis, Y, sw, class_weight, mask
+        self.basis, self.class_weight = basis, class_weight
+        # (fold, target)-major copies: a problem's rows are contiguous, so `weights` gathers whole rows
+        self.rows = mask.permute(0, 2, 1).contiguous()  # [F, T, n]
+        self.pos, self.sw = (Y > 0).T.contiguous(), sw.T.contiguous()  # [T, n]
         self.shape = (mask.shape[0], len(Cs), mask.shape[2])
         grids = torch.meshgrid(*(torch.arange(k, device=mask.device) for k in self.shape), indexing="ij")
         self.f, self.c, self.t = (g.reshape(-1) for g in grids)
@@ -116,12 +113,13 @@ class Problems:
         parts = []
         for j in range(0, len(pairs), cols):
             f, t = pairs[j : j + cols] // self.shape[2], pairs[j : j + cols] % self.shape[2]
-            w_pos, w_neg = label_weights(self.Y, self.mask[f, :, t].T, self.sw, self.class_weight, t, f)
+            where = list(zip(f.tolist(), t.tolist(), strict=True))
+            w_pos, w_neg = label_weights(self.pos[t], self.sw[t] * self.rows[f, t], self.class_weight, where)
             parts.append((self.basis.merge(w_pos), self.basis.merge(w_neg)))
         ap, an = torch.cat([p for p, _ in parts], 1), torch.cat([q for _, q in parts], 1)
         return columns(ap, of), columns(an, of)
 
-    def solved(self, W, b, n_iter, converged, grad_max) -> Solved:
-        """Results over the flat order (``W [d, N]``) reshaped to ``[F, nC, T, ...]``."""
+    def solved(self, W, b, n_iter, converged, grad_max, margins=None) -> Solved:
+        """Results over the flat order (``W [d, N]``) reshaped to ``[F, nC, T, ...]``; ``margins`` stay ``[u, N]``."""
         return Solved(W.T.reshape(*self.shape, -1), b.reshape(self.shape), n_iter.reshape(self.shape),
-                       converged.reshape(self.shape), grad_max.reshape(self.shape))  # fmt: skip
+                       converged.reshape(self.shape), grad_max.reshape(self.shape), margins)  # fmt: skip

@@ -130,11 +130,12 @@ def test_kept_margins_are_the_answers_margins_for_the_folds_they_start():
     assert solve(basis, problems, None, 1e-10, 100, 8).margins is None
 
 
-def test_default_workers_shard_only_problems_that_overflow_one_working_set():
+def test_default_workers_keep_working_sets_of_a_minimum_width():
     cpu, threads = torch.device("cpu"), torch.get_num_threads()
     assert default_workers(6300, 418, cpu) == min(threads, 3)  # at least MIN_WORKER_WIDTH columns each
-    assert default_workers(180, 418, cpu) == 1  # one working set holds them all
-    assert default_workers(6300, 100, cpu) == 1  # too narrow to split
+    assert default_workers(360, 418, cpu) == min(threads, 2)
+    assert default_workers(180, 418, cpu) == 1  # two halves would be narrower than the minimum
+    assert default_workers(6300, 100, cpu) == 1
     assert default_workers(6300, 418, torch.device("meta")) == 1
 
 

@@ -22,11 +22,12 @@ Algorithm (truncated Newton, vectorised over problems):
   its own backtracking line search (trial points are elementwise work: margins are affine in
   the step), then an exact 1-D Newton step on the intercept alone, whose gradient the
   quadratic model predicts worst.
-* Problems stream through a working set of fixed width: finished ones leave, queued ones enter.
+* Problems stream through a working set of fixed width: finished ones leave, queued ones enter. On a
+  CPU, worker threads each iterate a working set of their own on one intra-op thread (`newton.solve`).
 * Warm starts: each (C, target) is first solved loosely on the union of its folds' training rows;
   every fold starts from that answer (a fifth of the rows away), or from a parent fold's answer
-  (nested CV: inner folds from their outer fold). The union answer also gives the leading
-  curvature blocks of the preconditioner.
+  (nested CV: inner folds from their outer fold), margins included. The union answer also gives the
+  leading curvature blocks of the preconditioner.
 * Mixed precision: Hessian-vector products run in ``dtype``; margins, line searches and, for
   tolerances below 1e-7, gradients and margin updates in float64, so the optimum is
   float64-accurate either way.

@@ -33,8 +33,7 @@ class _Active:
     b: torch.Tensor  # [A]
     m: torch.Tensor  # [u, A] margins Z W + b
     ap: torch.Tensor  # [u, A] weight of the positive rows
-    an: torch.Tensor  # [u, A] weight of the negative rows
-    a: torch.Tensor  # [u, A] ap + an
+    a: torch.Tensor  # [u, A] weight of every row, positive plus negative (kept instead of the negatives')
     C: torch.Tensor  # [A]
     scale: torch.Tensor  # [A] C * sum of weights: scikit-learn's loss scaling
     steps: torch.Tensor  # [A] Newton steps taken
@@ -45,7 +44,7 @@ class _Active:
     stored: torch.Tensor  # [A] bool: HVPs at Z's own precision, not bfloat16 (see `_pcg`)
 
     FIELDS = (
-        "ids", "W", "b", "m", "ap", "an", "a", "C", "scale", "steps", "lead", "lead_dsum", "exact", "gprev", "stored"
+        "ids", "W", "b", "m", "ap", "a", "C", "scale", "steps", "lead", "lead_dsum", "exact", "gprev", "stored"
     )
 
     def select(self, keep: torch.Tensor) -> _Active:
@@ -294,7 +293,7 @@ def _start(basis: Basis, problems: Problems, idx: torch.Tensor, init: Init | Non
     exact = torch.full((len(idx),), basis.Z.dtype == torch.float64, device=dev)
     gprev = torch.full((len(idx),), float("inf"), dtype=torch.float64, device=dev)
     stored = torch.zeros(len(idx), dtype=torch.bool, device=dev)
-    return _Active(idx, W, b, m, ap, an, a, C, C * a.sum(0), steps, lead, lead_dsum, exact, gprev, stored)
+    return _Active(idx, W, b, m, ap, a, C, C * a.sum(0), steps, lead, lead_dsum, exact, gprev, stored)
 
 
 def _orig_grad_max(basis: Basis, gw: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
@@ -388,9 +387,9 @@ def _line_search(state: _Active, sw_, sb_, zs, gw, gb, c1: float = 1e-4, max_hal
         if bool(up.any()):  # Armijo only where the slope test failed: the loss costs two softplus passes
             j, tj = idx[up], ti[up]
             new = j[torch.isnan(base[j])]
-            base[new] = loss(*(columns(v, new) for v in (m, state.ap, state.an))).sum(0)
+            base[new] = loss(*(columns(v, new) for v in (m, state.ap, state.a))).sum(0)
             delta = tj * wsw[j] + 0.5 * tj * tj * sws[j] + C[j] * (
-                loss(columns(trial, up), columns(state.ap, j), columns(state.an, j)).sum(0) - base[j]
+                loss(columns(trial, up), columns(state.ap, j), columns(state.a, j)).sum(0) - base[j]
             )
             up[up.clone()] = delta > c1 * tj * slope[j]
         pending[idx] = up

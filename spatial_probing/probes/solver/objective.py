@@ -70,10 +70,10 @@ def loss_slope(m, ap, a):
     return torch.sigmoid(m).mul_(a).sub_(ap)
 
 
-def loss(m, ap, an):
-    """Weighted logistic loss per row: ``ap log(1 + e^-m) + an log(1 + e^m)``."""
+def loss(m, ap, a):
+    """Weighted logistic loss per row: ``ap log(1 + e^-m) + (a - ap) log(1 + e^m)``."""
     sp = torch.nn.functional.softplus
-    return sp(-m).mul_(ap).add_(sp(m).mul_(an))
+    return sp(-m).mul_(ap).add_(sp(m).mul_(a - ap))
 
 
 @dataclass

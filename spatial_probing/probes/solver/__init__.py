@@ -130,8 +130,8 @@ def fit_logreg(
     the size of the float32 feature matrix). ``warm_start`` first solves each (C, target) loosely
     on the union of its folds and starts every fold there; ``parents[f] = g`` instead starts fold f from fold g's
     answer (g is solved first; nested CV: inner folds from their outer fold), -1 the union.
-    ``workers`` threads iterate working sets of their own (`newton.solve`); None: one per CPU thread where
-    the problems overflow one working set, else one.
+    ``workers`` threads iterate working sets of their own (`newton.solve`); None: `newton.default_workers`
+    (one per CPU thread while each keeps at least 128 problems; one on a GPU).
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     Yt = as_tensor(Y).to(dev)

@@ -58,6 +58,16 @@ from spatial_probing.probes.solver.basis import Basis, Csr, counting_products  #
 from spatial_probing.tasks.relation_type import RelationType  # noqa: E402
 
 
+def machine_line(n: int = 7680, d: int = 768) -> str:
+    """The CPU's bfloat16 flags, cores, threads and GEMM rates (float32, bfloat16) at the probe's shape: the
+    first line of the credibility benchmarks, so their times from two hosts can be read together."""
+    X = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
+    rates = {dt: 2 * (2 * n * d * 180) / gemm_pair_ms(X, 180, dt) / 1e6 for dt in (torch.float32, torch.bfloat16)}
+    return (f"CPU: {bf16_flags()}; {os.cpu_count() or 1} cores, torch threads {torch.get_num_threads()}; GEMM pair "
+            f"[{n} x {d}] x [{d} x 180]: float32 {rates[torch.float32]:.0f} GFLOP/s, bfloat16 "
+            f"{rates[torch.bfloat16]:.0f} GFLOP/s")  # fmt: skip
+
+
 def table_seconds(config: Path, features: Path, repeats: int) -> float:
     """Best wall time of the whole ``spatial-probing fit`` of the table (a fresh process each time)."""
     feature_root, entry = features.parents[2], features.relative_to(features.parents[2])
@@ -128,13 +138,7 @@ def main() -> None:
     config = yaml.safe_load(args.config.read_text())
     dtypes = [config["model"]["dtype"]] + [d for d in args.dtypes if d != config["model"]["dtype"]]
     n_jobs = os.cpu_count() or 1
-
-    n, d = 7680, 768
-    X = np.random.default_rng(0).standard_normal((n, d), dtype=np.float32)
-    rates = {dt: 2 * (2 * n * d * 180) / gemm_pair_ms(X, 180, dt) / 1e6 for dt in (torch.float32, torch.bfloat16)}
-    print(f"CPU: {bf16_flags()}; "
-          f"{n_jobs} cores, torch threads {torch.get_num_threads()}; GEMM pair [{n} x {d}] x [{d} x 180]: float32 "
-          f"{rates[torch.float32]:.0f} GFLOP/s, bfloat16 {rates[torch.bfloat16]:.0f} GFLOP/s")  # fmt: skip
+    print(machine_line())
 
     dm = probe_sets(config, args.features)
     total, ours_total, floor_total = 0.0, 0.0, 0.0

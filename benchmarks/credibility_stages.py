@@ -4,7 +4,8 @@
 
 Runs ``spatial-probing fit --config configs/probe/credibility.yaml`` on one encoder entry (default: the
 all-mpnet-base-v2 entry of VSR random train, as ``benchmarks/credibility_speed.py``) in this process, with
-OpenMP's passive wait policy as the CLI sets it, and prints the wall time of each stage: importing the
+OpenMP's passive wait policy as the CLI sets it, and prints the CPU's bfloat16 flags and GEMM rates, then the
+wall time of each stage: importing the
 command's modules, building the probe sets and folds, the solves of the nested C selection, its inner and
 outer scoring, MDL, the bootstraps and permutation tests, the report, and what is left (Lightning's loop,
 logging, result files). Stages are timed by wrapping the functions that run them; nested calls are not
@@ -64,6 +65,7 @@ def timed_stages() -> dict[str, float]:
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from credibility_speed import machine_line
     from probe_speed import DEFAULT_FEATURES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,6 +73,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=Path("configs/probe/credibility.yaml"))
     args = parser.parse_args()
     feature_root, entry = args.features.parents[2], args.features.relative_to(args.features.parents[2])
+    print(machine_line(), flush=True)
     seconds = timed_stages()
     # the command's own tables go nowhere (as the benchmark's subprocess runs send them to /dev/null)
     with tempfile.TemporaryDirectory() as out, open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):

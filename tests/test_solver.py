@@ -12,7 +12,7 @@ from spatial_probing.machine import bf16_supported
 from spatial_probing.probes.baselines import baseline_features
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.probes.sklearn_ref import fit_sklearn
-from spatial_probing.probes.solver import fit_logreg, scaled_gradient_max
+from spatial_probing.probes.solver import fit_logreg, newton, scaled_gradient_max
 from spatial_probing.probes.solver.basis import Basis, counting_products
 from spatial_probing.probes.solver.newton import default_workers, solve
 from spatial_probing.probes.solver.objective import Problems, sample_weights
@@ -116,6 +116,27 @@ def test_worker_threads_split_the_working_set_and_reach_the_same_optimum():
     assert widths == {1: 8, 2: 4}  # each of the two workers iterates its own half-width working set
     torch.testing.assert_close(fit.W, ref.W, atol=1e-6, rtol=0)
     torch.testing.assert_close(fit.b, ref.b, atol=1e-6, rtol=0)
+
+
+def test_a_failing_worker_stops_the_others_and_its_error_reaches_the_caller(monkeypatch):
+    X, Y, train, _ = _data(9)
+    calls, real = [], newton._gradient
+
+    def gradient(basis, state, cols=None, fail_at=None):
+        calls.append(len(calls))
+        if len(calls) == fail_at:
+            raise RuntimeError("worker failed")
+        return real(basis, state, cols)
+
+    monkeypatch.setattr(newton, "_gradient", lambda *args: gradient(*args, fail_at=3))
+    with pytest.raises(RuntimeError, match="worker failed"):
+        fit_logreg(X, Y, train, CS, max_problems=8, workers=2, warm_start=False)
+    # the other worker returned at its next Newton step instead of solving its share and the rest of the queue
+    assert len(calls) <= 5
+    calls.clear()
+    monkeypatch.setattr(newton, "_gradient", gradient)
+    fit_logreg(X, Y, train, CS, max_problems=8, workers=2, warm_start=False)
+    assert len(calls) > 20  # what the same fit takes unhindered
 
 
 def test_kept_margins_are_the_answers_margins_for_the_folds_they_start():

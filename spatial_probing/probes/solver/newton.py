@@ -8,7 +8,7 @@ working set and queued ones enter (`solve`). Warm starts (`Init`) come from the 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextvars import copy_context
 from dataclasses import dataclass
 from functools import partial
@@ -130,8 +130,14 @@ def solve(
         per = max(1, torch.get_num_threads() // workers)
         with ThreadPoolExecutor(workers) as pool:
             jobs = [pool.submit(copy_context().run, _on_threads, per, run) for _ in range(workers)]
-            for job in jobs:
-                job.result()
+            try:
+                wait(jobs, return_when=FIRST_EXCEPTION)
+                for job in jobs:
+                    if job.done() and job.exception() is not None:
+                        raise job.exception()
+            except BaseException:  # a worker's error, or Ctrl-C: the others stop at their next Newton step
+                queue.cancelled = True
+                raise
     return problems.solved(out.W, out.b, out.n_iter, out.converged, out.grad_max, out.m)
 
 
@@ -173,6 +179,7 @@ class _Queue:
 
     def __init__(self, n: int, workers: int, device: torch.device):
         self.n, self.next, self.workers, self.device, self.lock = n, 0, workers, device, Lock()
+        self.cancelled = False  # set when the solve is abandoned: every worker returns at its next step
 
     def take(self, room: int, capacity: int) -> torch.Tensor | None:
         """Up to ``room`` problems, if that is worth a join (a quarter of ``capacity``, or all that are
@@ -196,7 +203,7 @@ def _iterate(basis: Basis, problems: Problems, init, tol, max_iter, capacity, qu
     # Below 1e-7 the test itself needs float64 products (float32 rounding of a sum over rows).
     certify = tol < 1e-7 and basis.Z.dtype != torch.float64
     state = None
-    while True:
+    while not queue.cancelled:
         room = capacity - (0 if state is None else len(state.ids))
         take = queue.take(room, capacity)
         if take is not None:

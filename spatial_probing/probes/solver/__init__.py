@@ -171,7 +171,6 @@ def fit_logreg(
         for level in _levels(parents):
             problems = Problems(basis, Yt, sw, class_weight, Cs, mask[level])
             init = None
-            flat = (torch.tensor(level, device=dev)[problems.f] * len(Cs) + problems.c) * n_targets + problems.t
             if anchor is not None:
                 parent = torch.tensor([parents[f] for f in level], device=dev)[problems.f]
                 flat_parent = (parent * len(Cs) + problems.c) * n_targets + problems.t
@@ -187,6 +186,7 @@ def fit_logreg(
             is_parent = anchor is not None and any(f in parents for f in level)
             out = solve(basis, problems, init, tol, max_iter, max_problems, workers, keep_margins=is_parent)
             if is_parent:
+                flat = (torch.tensor(level, device=dev)[problems.f] * len(Cs) + problems.c) * n_targets + problems.t
                 m_col[flat] = sum(m.shape[1] for m in m_f) + torch.arange(len(flat), device=dev)
                 m_f.append(out.margins)
             for name in ("Wrot", "brot", "n_iter", "converged", "grad_max"):

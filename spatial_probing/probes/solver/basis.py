@@ -37,6 +37,11 @@ _PRODUCTS: ContextVar[Counter[Shape] | None] = ContextVar("solver_products", def
 _COUNTING = Lock()
 
 
+def held_sparse(nnz: int, rows: int, columns: int) -> bool:
+    """Whether features of ``rows x columns`` with ``nnz`` nonzero entries are multiplied as CSR (`SPARSE`)."""
+    return columns >= SPARSE_MIN_COLUMNS and nnz <= SPARSE * rows * columns
+
+
 def as_tensor(a: ArrayLike) -> torch.Tensor:
     return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
 
@@ -69,7 +74,7 @@ def matmul(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return A @ B
 
 
-def _csr(coo: torch.Tensor) -> torch.Tensor:
+def csr(coo: torch.Tensor) -> torch.Tensor:
     """A COO tensor as CSR, without torch's one "CSR support is in beta" notice (not the user's concern)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
@@ -82,13 +87,13 @@ class Csr:
 
     def __init__(self, A: torch.Tensor, At: torch.Tensor | None = None):
         self.A = A
-        self.At = _csr(A.to_sparse_coo().t()) if At is None else At
+        self.At = csr(A.to_sparse_coo().t()) if At is None else At
         self._copies: dict[torch.dtype, Csr] = {}
 
     @classmethod
     def from_coo(cls, coo: torch.Tensor) -> Csr:
         """A sparse COO tensor (duplicates summed) as `Csr`."""
-        return cls(_csr(coo))
+        return cls(csr(coo))
 
     shape = property(lambda self: self.A.shape)
     dtype = property(lambda self: self.A.dtype)
@@ -179,7 +184,7 @@ class Basis:
         mu /= n_rows
         store = torch.float32 if dtype == torch.bfloat16 else dtype
         common = dict(mu=mu, row_of=row_of, n_rows=int(n_rows), block=block)
-        sparse = nnz <= SPARSE * len(first) * X.shape[1] and X.shape[1] >= SPARSE_MIN_COLUMNS
+        sparse = held_sparse(nnz, len(first), X.shape[1])
         if layout == "sparse" or (layout == "auto" and sparse):
             parts = [(sl.start, xb.to(store).to_sparse()) for sl, xb in blocks()]
             index = torch.cat([c.indices() + torch.tensor([[start], [0]], device=dev) for start, c in parts], 1)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from spatial_probing.probes.solver import LogRegFit
-from spatial_probing.probes.solver.basis import SPARSE, SPARSE_MIN_COLUMNS, ArrayLike, _csr, rows64
+from spatial_probing.probes.solver.basis import SPARSE_MIN_COLUMNS, ArrayLike, csr, held_sparse, rows64
 
 
 def _block(X: ArrayLike, start: int, stop: int, dtype: torch.dtype, dev: torch.device) -> torch.Tensor:
@@ -22,14 +22,14 @@ def _block(X: ArrayLike, start: int, stop: int, dtype: torch.dtype, dev: torch.d
 
 def sparse_rows(X: ArrayLike) -> ArrayLike:
     """X as `predict` and `decision_values` multiply it fastest: a float64 CSR copy where the solver holds
-    such features sparse too (the word n-grams: 17 of 2,327 entries per row; `basis.SPARSE`), whose products
+    such features sparse too (the word n-grams: 17 of 2,327 entries per row; `basis.held_sparse`), whose products
     read the stored entries only and are float64 from the start; else X itself. Convert once, predict often."""
     if X.ndim != 2 or X.shape[1] < SPARSE_MIN_COLUMNS or _is_csr(X):
         return X
     Xt = X if isinstance(X, torch.Tensor) else torch.from_numpy(np.asarray(X))
-    if int(torch.count_nonzero(Xt)) > SPARSE * Xt.numel():
+    if not held_sparse(int(torch.count_nonzero(Xt)), *Xt.shape):
         return X
-    return _csr(Xt.to(torch.float64).to_sparse())
+    return csr(Xt.to(torch.float64).to_sparse())
 
 
 def _is_csr(X: ArrayLike) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -325,3 +327,27 @@ def test_several_results_directories_sit_side_by_side_never_pooled(tmp_path):
     assert "credibility: sbert:all-mpnet-base-v2@text" in written.path.read_text()
     with pytest.raises(SpatialProbingError, match="needs --out"):
         write_report([tmp_path / "original", tmp_path / "credibility"])
+
+
+def test_a_figure_is_laid_out_once_and_every_format_saves_the_same_tight_area(monkeypatch):
+    from matplotlib.figure import Figure
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+    from PIL import Image
+
+    from spatial_probing.report.figures import ReportFigure
+
+    runs = []
+    execute = ConstrainedLayoutEngine.execute
+    monkeypatch.setattr(ConstrainedLayoutEngine, "execute", lambda self, fig: (runs.append(1), execute(self, fig))[1])
+    fig = Figure(figsize=(6.0, 3.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1])
+    ax.set_ylabel("a long label that the constrained layout makes room for")
+    figure = ReportFigure("toy", "Toy", "A line.", fig)
+    png, svg = figure.png(dpi=100), figure.svg()
+    assert len(runs) == 1  # savefig with "tight" lays out and draws twice per format
+    width_px = Image.open(io.BytesIO(png)).size[0]
+    width_pt = float(re.search(rb'<svg[^>]* width="([0-9.]+)pt"', svg).group(1))
+    # both formats hold the same padded tight box, in inches
+    assert width_px / 100 == pytest.approx(width_pt / 72, abs=0.02)
+    assert width_px / 100 == pytest.approx(figure._area().width, abs=0.02)

@@ -76,3 +76,19 @@ def test_inner_folds_split_outer_training_rows():
     rows = np.flatnonzero(train[2, :, 1])
     want = stratified_folds(Y[rows, 1], 3, 42)
     np.testing.assert_array_equal(inner_test[2, :, rows, 1].argmax(1), want)
+
+
+def test_repeated_labels_reuse_their_split_and_the_copy_handed_out_is_the_callers(monkeypatch):
+    y = np.random.default_rng(7).random(157) < 0.3
+    first = stratified_folds(y, 5, 3)
+    split = StratifiedKFold.split
+    calls = []
+    monkeypatch.setattr(StratifiedKFold, "split", lambda self, *a: (calls.append(1), split(self, *a))[1])
+    first[:] = -9  # the caller's array: the kept split is not touched
+    again = stratified_folds(y.copy(), 5, 3)
+    assert calls == []
+    np.testing.assert_array_equal(again, _sklearn_ids(StratifiedKFold(5, shuffle=True, random_state=3).split(np.zeros(157), y), 157))
+    assert again.dtype == np.int64
+    stratified_folds(y, 5, 4)  # another seed, another split
+    stratified_folds(y.astype(np.int64), 5, 3)  # the same labels in another dtype are other bytes
+    assert len(calls) == 3  # the reference split above, then the two new keys

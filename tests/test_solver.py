@@ -13,7 +13,7 @@ from spatial_probing.probes.baselines import baseline_features
 from spatial_probing.probes.folds import fold_masks, target_folds
 from spatial_probing.probes.sklearn_ref import fit_sklearn
 from spatial_probing.probes.solver import fit_logreg, newton, scaled_gradient_max
-from spatial_probing.probes.solver.basis import Basis, counting_products
+from spatial_probing.probes.solver.basis import Basis, BasisCache, counting_products
 from spatial_probing.probes.solver.newton import default_workers, solve
 from spatial_probing.probes.solver.objective import Problems, sample_weights
 from spatial_probing.probes.solver.predict import decision_function, predict, predict_proba, sparse_rows
@@ -99,6 +99,27 @@ def test_options_do_not_change_the_optimum():
         # both within tol = 1e-10 of the optimum: equal to what that tolerance resolves
         torch.testing.assert_close(other.W, ref.W, atol=1e-6, rtol=0)
         torch.testing.assert_close(other.b, ref.b, atol=1e-6, rtol=0)
+
+
+def test_kept_bases_serve_the_same_rows_of_the_same_features_only(monkeypatch):
+    X, Y, train, _ = _data(4)
+    builds = []
+    build = Basis.build
+    monkeypatch.setattr(Basis, "build", lambda *a, **k: (builds.append(a[1].shape), build(*a, **k))[1])
+    bases = BasisCache(max_entries=2)
+    ref = fit_logreg(X, Y, train, CS)
+    first = fit_logreg(X, Y, train, CS, bases=bases)
+    again = fit_logreg(X.copy(), 1 - Y, train, CS, bases=bases)  # same features and rows, other labels
+    assert len(builds) == 2  # the uncached fit's, then one for both cached fits
+    torch.testing.assert_close(first.W, ref.W, atol=0, rtol=0)
+    torch.testing.assert_close(again.W, -ref.W, atol=1e-6, rtol=0)  # labels flipped: the mirrored optimum
+    edited = X.copy()
+    edited[0, 0] += 1.0
+    fit_logreg(edited, Y, train, CS, bases=bases)  # other content: its own basis
+    fit_logreg(X, Y, train & (np.arange(len(X)) < 200)[None, :, None], CS, bases=bases)  # other rows: its own
+    assert len(builds) == 4
+    fit_logreg(X, Y, train, CS, bases=bases)  # evicted: two entries are kept, this one was the oldest
+    assert len(builds) == 5
 
 
 def test_worker_threads_split_the_working_set_and_reach_the_same_optimum():

@@ -31,6 +31,7 @@ from spatial_probing.probes.results import (
     results_frame,
     summary,
 )
+from spatial_probing.probes.solver.basis import BasisCache
 from spatial_probing.probes.solver.predict import decision_values, sparse_rows
 from spatial_probing.probes.stats import (
     SetOutputs,
@@ -105,6 +106,8 @@ class LinearProbe(pl.LightningModule):
         self._fits: dict[int, solver.LogRegFit] = {}
         self._chosen: dict[int, torch.Tensor] = {}  # per set: index into Cs per (fold, target)
         self._scores: dict[int, dict[str, torch.Tensor]] = {}  # per set: held-out metrics select_C already took
+        # feature bases shared by the fits of one feature matrix (selection, control task, MDL)
+        self._bases = BasisCache()
         self.records: list[pd.DataFrame] = []  # tidy results, one frame per probe set
         self.fit_info: list[dict] = []  # one row per probe set: provenance, solver, convergence
         self.outputs: list[SetOutputs] = []  # held-out predictions per probe set (model.stats)
@@ -122,7 +125,7 @@ class LinearProbe(pl.LightningModule):
         kwargs = {"class_weight": hp.class_weight}
         kwargs |= {k: v for k, v in (("tol", hp.tol), ("max_iter", hp.max_iter)) if v is not None}
         if hp.solver == "batched":
-            kwargs |= {"device": device, "dtype": HVP_DTYPES[hp.dtype]}
+            kwargs |= {"device": device, "dtype": HVP_DTYPES[hp.dtype], "bases": self._bases}
         return kwargs
 
     def _solve(self, batch: dict[str, Any]) -> solver.LogRegFit:
@@ -215,7 +218,7 @@ class LinearProbe(pl.LightningModule):
             rows = (batch["train_mask"] | batch["test_mask"]).any(0).cpu().numpy()
             kwargs = {k: v for k, v in self._solver_kwargs(batch["x"].device).items() if k != "class_weight"}
             if hp.solver != "batched":  # MDL's blocks are one batched solve whichever solver fitted the probes
-                kwargs = {"tol": kwargs.get("tol", 1e-10)}
+                kwargs = {"tol": kwargs.get("tol", 1e-10), "bases": self._bases}
             try:
                 code = online_codelength(batch["x"], batch["y"].cpu(), rows, self.mdl, **kwargs)
             except (torch.linalg.LinAlgError, ValueError) as exc:  # the scores and stats are still written

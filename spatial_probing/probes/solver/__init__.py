@@ -51,7 +51,7 @@ from typing import Literal
 import torch
 
 from spatial_probing.machine import bf16_supported
-from spatial_probing.probes.solver.basis import ArrayLike, Basis, as_tensor, matmul, threads
+from spatial_probing.probes.solver.basis import ArrayLike, Basis, BasisCache, as_tensor, matmul, threads
 from spatial_probing.probes.solver.newton import Init, anchor_bank, solve
 from spatial_probing.probes.solver.objective import (
     Problems,
@@ -114,6 +114,7 @@ def fit_logreg(
     warm_start: bool = True,
     parents: Sequence[int] | None = None,
     workers: int | None = None,
+    bases: BasisCache | None = None,
 ) -> LogRegFit:
     """Fit every (fold, C, target) L2 logistic regression to scikit-learn's optimum.
 
@@ -131,7 +132,8 @@ def fit_logreg(
     on the union of its folds and starts every fold there; ``parents[f] = g`` instead starts fold f from fold g's
     answer (g is solved first; nested CV: inner folds from their outer fold), -1 the union.
     ``workers`` threads iterate working sets of their own (`newton.solve`); None: `newton.default_workers`
-    (one per CPU thread while each keeps at least 128 problems; one on a GPU).
+    (one per CPU thread while each keeps at least 128 problems; one on a GPU). ``bases`` keeps the
+    feature basis for later fits of the same rows of the same X (`BasisCache`); None builds it anew.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
     Yt = as_tensor(Y).to(dev)
@@ -141,7 +143,8 @@ def fit_logreg(
     low_min_entries = LOW_MIN_ENTRIES if dtype == "auto" else 0
     if dtype == "auto" or (dtype == torch.bfloat16 and not bf16_supported(dev)):
         dtype = torch.bfloat16 if bf16_supported(dev) else torch.float32
-    basis = Basis.build(X, mask.any(dim=(0, 2)), dtype, low_min_entries=low_min_entries)
+    build = Basis.build if bases is None else bases.build
+    basis = build(X, mask.any(dim=(0, 2)), dtype, low_min_entries=low_min_entries)
     d = basis.Z.shape[1]
     sw = sample_weights(sample_weight, n, n_targets, dev)
     if max_problems is None:

@@ -7,8 +7,8 @@ group of rows (an image), a fold, an item, or a seed (a training run) and then a
 
 Two forms of the same bootstrap, for two kinds of statistic:
 
-* weights, `resample_weights`: how often each unit was drawn (one multinomial draw per resample),
-  expanded to rows. A statistic that is a weighted sum over rows (the probes' confusion counts) then
+* weights, `resample_weights`: how often each unit was drawn (the counts of the same index draws
+  `bootstrap_means` makes), expanded to rows. A statistic that is a weighted sum over rows (the probes' confusion counts) then
   needs one matrix product for all resamples (``counts[b] = weights[b] @ per_row``).
 * means, `bootstrap_means`: the mean of per-item values over the drawn units, one level (``[items]``:
   items resampled) or two (``[seeds, items]``: seeds resampled, then items, so an interval includes
@@ -44,10 +44,20 @@ def unit_index(groups: np.ndarray, unit: Unit) -> tuple[np.ndarray, int]:
 
 
 def resample_weights(groups: np.ndarray, unit: Unit, resamples: int, seed: int) -> np.ndarray:
-    """``[B, n]`` float32 bootstrap weights: how often each row's unit (row or group) was drawn."""
+    """``[B, n]`` float32 bootstrap weights: how often each row's unit (row or group) was drawn.
+
+    Each resample draws ``n_units`` unit indices, as `bootstrap_means` does from the same seed (so a mean
+    weighted by these counts is that function's resample mean), and counts them: one bincount over all
+    resamples, a few times faster than numpy's multinomial (sequential binomials: 0.35 s for 1,000
+    resamples of 7,680 rows, 0.07-0.19 s here).
+    """
     units, n_units = unit_index(groups, unit)
-    drawn = generator(seed).multinomial(n_units, np.full(n_units, 1.0 / n_units), size=resamples)
-    return drawn[:, units].astype(np.float32)
+    rng, drawn = generator(seed), np.zeros((resamples, n_units), dtype=np.float32)
+    for start in range(0, resamples, BLOCK):
+        stop = min(resamples, start + BLOCK)
+        index = rng.integers(0, n_units, size=(stop - start, n_units)) + n_units * np.arange(stop - start)[:, None]
+        drawn[start:stop] = np.bincount(index.ravel(), minlength=(stop - start) * n_units).reshape(-1, n_units)
+    return drawn[:, units]
 
 
 def swap_draws(groups: np.ndarray, unit: Unit, permutations: int, seed: int) -> np.ndarray:

@@ -71,6 +71,10 @@ def test_weights_and_swaps_resample_whole_units():
     assert (w[:, 0] == w[:, 1]).all() and (w[:, 2] == w[:, 4]).all()
     assert (w[:, [0, 2, 5]].sum(1) == 3).all()  # three groups drawn three times
     assert (resample_weights(groups, "row", 400, seed=0).sum(1) == 6).all()
+    # the counts of bootstrap_means' index draws from the same seed: both forms give the same resample means
+    values = np.random.default_rng(1).random(6)
+    rows = resample_weights(np.arange(6), "row", 250, seed=4)
+    np.testing.assert_allclose(rows @ values / 6, bootstrap_means(values, 250, seed=4), rtol=1e-6)
     s = swap_draws(groups, "group", 300, seed=0)
     assert set(np.unique(s)) == {0.0, 1.0} and (s[:, 2] == s[:, 3]).all()
     # resamples from default_rng(seed), swaps from default_rng([seed, 1]): one seeding rule

@@ -117,3 +117,6 @@ def test_confusion_of_a_single_problem_matches_hand_counts():
     test = np.array([[[True], [True], [True], [False]]])
     counts = {k: int(v) for k, v in confusion(pred, y, test).items()}
     assert counts == {"tp": 1, "fp": 1, "tn": 0, "fn": 1}
+    # predictions of distinct rows: rows 0 and 3 share features (row 3's prediction is row 0's)
+    merged = confusion(pred[:, :, :3], y, test, row_of=torch.tensor([0, 1, 2, 0]))
+    assert {k: int(v) for k, v in merged.items()} == counts

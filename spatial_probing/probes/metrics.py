@@ -9,6 +9,8 @@ its test rows padded to a common length with ``ignore_index``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_stat_scores
@@ -23,12 +25,17 @@ METRICS = ("f1_macro", "f1_pos", "accuracy", "balanced_accuracy")
 _IGNORE = -1  # target value of the padding after a problem's test rows
 
 
-def confusion(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> dict[str, torch.Tensor]:
+def confusion(
+    pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike, row_of: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """True/false positive/negative counts over each problem's test rows.
 
     ``pred [F, C, n, T]`` bool, ``Y [n, T]`` in {0, 1}, ``test_mask [F, n, T]``: counts ``[F, C, T]``.
+    With ``row_of [n]``, ``pred [F, C, u, T]`` holds distinct rows and row i's prediction is its row ``row_of[i]``.
     """
     rows, target = _test_rows(_tensor(Y).to(pred.device), _tensor(test_mask).to(pred.device, torch.bool))
+    if row_of is not None:
+        rows = row_of.to(pred.device)[rows]
     n_folds, n_c, _, n_targets = pred.shape
     m = rows.shape[-1]
     # one torchmetrics sample per (fold, C, target): its test rows only (a fold holds ~1/k of the rows),
@@ -58,12 +65,14 @@ def _test_rows(y: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor, torch
     return rows, target
 
 
-def binary_metrics(pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike) -> dict[str, torch.Tensor]:
+def binary_metrics(
+    pred: torch.Tensor, Y: ArrayLike, test_mask: ArrayLike, row_of: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """`METRICS` per problem, ``[F, C, T]`` float64, from predictions on the test rows (see `confusion`).
 
     An F1 or recall with an empty denominator is 0, as scikit-learn's ``zero_division`` default.
     """
-    return count_metrics(**confusion(pred, Y, test_mask))
+    return count_metrics(**confusion(pred, Y, test_mask, row_of))
 
 
 def count_metrics(tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -79,17 +88,33 @@ def count_metrics(tp: torch.Tensor, fp: torch.Tensor, tn: torch.Tensor, fn: torc
     }
 
 
-def fit_metrics(X: ArrayLike, Y: ArrayLike, test_mask: ArrayLike, fit: LogRegFit) -> dict[str, torch.Tensor]:
+@dataclass
+class DistinctRows:
+    """The distinct rows of a feature matrix, as `predict` multiplies them fastest (`sparse_rows`), and
+    each row's index among them: what `fit_metrics` predicts on, built once for several calls."""
+
+    X: ArrayLike  # [u, d]
+    row_of: torch.Tensor  # [n] int64
+
+    @classmethod
+    def of(cls, X: ArrayLike) -> DistinctRows:
+        distinct, row_of = torch.unique(_tensor(X), dim=0, return_inverse=True)
+        return cls(sparse_rows(distinct), row_of)
+
+
+def fit_metrics(
+    X: ArrayLike | DistinctRows, Y: ArrayLike, test_mask: ArrayLike, fit: LogRegFit
+) -> dict[str, torch.Tensor]:
     """`binary_metrics` of a fit on its test rows, one fold at a time (bounded memory).
 
     Each distinct feature row is predicted once (a prediction is exact, so a function of the row's
     features): VSR holds every caption twice, with a true and a false image, so text features repeat.
+    ``X`` may come as its `DistinctRows`, taken once for several fits of the same features.
     """
     test = _tensor(test_mask)
-    distinct, row_of = torch.unique(_tensor(X), dim=0, return_inverse=True)
-    distinct = sparse_rows(distinct)
+    rows = X if isinstance(X, DistinctRows) else DistinctRows.of(X)
     per_fold = [
-        binary_metrics(predict(distinct, fold(fit, f))[:, :, row_of], Y, test[f : f + 1]) for f in range(fit.W.shape[0])
+        binary_metrics(predict(rows.X, fold(fit, f)), Y, test[f : f + 1], rows.row_of) for f in range(fit.W.shape[0])
     ]
     return {name: torch.cat([m[name] for m in per_fold]) for name in METRICS}
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from spatial_probing.probes.folds import inner_folds
-from spatial_probing.probes.metrics import fit_metrics, folds
+from spatial_probing.probes.metrics import DistinctRows, fit_metrics, folds
 from spatial_probing.probes.solver import LogRegFit, fit_logreg
 from spatial_probing.probes.solver.basis import ArrayLike
 
@@ -73,12 +73,13 @@ def select_C(
     masks, parents, inner_test = nested_masks(Y, train, inner_splits, seed)
     fit = fit_logreg(X, Y, masks, Cs, parents=parents, **fit_kwargs)
     inner_fit, refit = folds(fit, slice(0, n_outer * K)), folds(fit, slice(n_outer * K, None))
-    inner = fit_metrics(X, Y, inner_test, inner_fit)["f1_macro"]
+    rows = DistinctRows.of(X)  # predicted on by the inner and the outer scores
+    inner = fit_metrics(rows, Y, inner_test, inner_fit)["f1_macro"]
     inner = inner.reshape(n_outer, K, *inner.shape[1:]).mean(1)  # [F, C, T]
     return CSelection(
         Cs=fit.Cs,
         best_index=inner.argmax(1),
         inner_f1_macro=inner,
-        outer=fit_metrics(X, Y, test_mask, refit),
+        outer=fit_metrics(rows, Y, test_mask, refit),
         refit=refit,
     )

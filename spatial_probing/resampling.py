@@ -47,7 +47,7 @@ def resample_weights(groups: np.ndarray, unit: Unit, resamples: int, seed: int) 
     """``[B, n]`` float32 bootstrap weights: how often each row's unit (row or group) was drawn.
 
     Each resample draws ``n_units`` unit indices, as `bootstrap_means` does from the same seed (so a mean
-    weighted by these counts is that function's resample mean), and counts them: one bincount over all
+    weighted by these counts is that function's resample mean), and counts them: one bincount per block of
     resamples, a few times faster than numpy's multinomial (sequential binomials: 0.35 s for 1,000
     resamples of 7,680 rows, 0.07-0.19 s here).
     """

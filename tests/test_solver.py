@@ -172,10 +172,20 @@ def test_kept_margins_are_the_answers_margins_for_the_folds_they_start():
     assert solve(basis, problems, None, 1e-10, 100, 8).margins is None
 
 
+def test_a_queue_admitted_at_once_mixes_the_C_values_in_every_workers_share():
+    short = newton._order((1, 3, 4), 100, torch.device("cpu"))  # (fold, C, target): 12 problems, all admitted
+    c_of = (short // 4) % 3
+    assert sorted(short.tolist()) == list(range(12))
+    assert c_of[:6].tolist() == [0, 1, 2, 0, 1, 2] and c_of[6:].tolist() == [0, 1, 2, 0, 1, 2]
+    streaming = newton._order((5, 3, 4), 10, torch.device("cpu"))  # more than a working set: flat order
+    assert streaming.tolist() == list(range(60))
+
+
 def test_default_workers_keep_working_sets_of_a_minimum_width():
     cpu, threads = torch.device("cpu"), torch.get_num_threads()
     assert default_workers(6300, 418, cpu) == min(threads, 3)  # at least MIN_WORKER_WIDTH columns each
-    assert default_workers(360, 418, cpu) == min(threads, 2)
+    assert default_workers(360, 418, cpu) == min(threads, 3)
+    assert default_workers(252, 418, cpu) == min(threads, 2)  # a selection's union anchors: 126 each
     assert default_workers(180, 418, cpu) == 1  # two halves would be narrower than the minimum
     assert default_workers(6300, 100, cpu) == 1
     assert default_workers(6300, 418, torch.device("meta")) == 1

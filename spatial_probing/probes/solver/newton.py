@@ -21,7 +21,7 @@ from spatial_probing.probes.solver.objective import Problems, Solved, loss, loss
 from spatial_probing.probes.solver.preconditioner import LEAD, Preconditioner, lead_blocks
 
 SLOW_AFTER = 3  # Newton steps after which a problem counts as slow (see `_pcg`)
-MIN_WORKER_WIDTH = 128  # problems a worker's working set holds at least: narrower GEMMs re-read Z for little work
+MIN_WORKER_WIDTH = 112  # problems a worker's working set holds at least: narrower GEMMs re-read Z for little work
 
 
 @dataclass
@@ -122,7 +122,7 @@ def solve(
         m=torch.empty(u, N, dtype=torch.float64, device=dev) if keep_margins else None,
     )
     workers = max(1, min(default_workers(N, capacity, dev) if workers is None else workers, N))
-    queue = _Queue(N, workers, dev)
+    queue = _Queue(_order(problems.shape, capacity, dev), workers)
     run = partial(_iterate, basis, problems, init, tol, max_iter, max(1, capacity // workers), queue, out)
     if workers == 1:
         run()
@@ -149,9 +149,10 @@ def default_workers(n_problems: int, capacity: int, device: torch.device) -> int
     the many small elementwise operations of a Newton step then pay no OpenMP fork/join (a passive wait policy
     makes each one a sleep and a wake-up), while a GEMM on one thread keeps its per-core rate (bfloat16 and
     float32 alike, measured). Measured on 2 cores with the CLI's passive policy: the credibility table's four
-    nested selections 47 s against 55 s, its MDL solves (360 problems each) 2.4 s against 2.9 s; the original
-    protocol's 180 problems split in two took as long as one working set (0.82 s), so below two minimum widths
-    a fit keeps one worker.
+    nested selections 47 s against 55 s, its MDL solves (360 problems each) 2.4 s against 2.9 s, the union
+    anchors of its selections (252 problems each, 126-wide halves) 4.2-4.6 s against 6.5-6.8 s for the four;
+    the original protocol's 180 problems split in two (90 wide) took 0.73-0.80 s against 0.68-0.71 s for one
+    working set, so below two minimum widths a fit keeps one worker.
     """
     if device.type != "cpu":
         return 1
@@ -171,14 +172,14 @@ class _Out:
 
 
 class _Queue:
-    """The problems not yet admitted to a working set, handed out in order to whichever worker has room.
+    """The problems not yet admitted to a working set, handed out in ``order`` to whichever worker has room.
 
     One shared queue rather than a fixed split: problems differ in cost (large C takes several times the
     Newton steps), so a worker that finishes its share early takes more instead of idling.
     """
 
-    def __init__(self, n: int, workers: int, device: torch.device):
-        self.n, self.next, self.workers, self.device, self.lock = n, 0, workers, device, Lock()
+    def __init__(self, order: torch.Tensor, workers: int):
+        self.order, self.n, self.next, self.workers, self.lock = order, len(order), 0, workers, Lock()
         self.cancelled = False  # set when the solve is abandoned: every worker returns at its next step
 
     def take(self, room: int, capacity: int) -> torch.Tensor | None:
@@ -189,7 +190,20 @@ class _Queue:
             if not share or room < min(capacity // 4, share):
                 return None
             start, self.next = self.next, self.next + min(room, share)
-            return torch.arange(start, self.next, device=self.device)
+            return self.order[start : self.next]
+
+
+def _order(shape: tuple[int, int, int], capacity: int, device: torch.device) -> torch.Tensor:
+    """The order in which the flat (fold, C, target) problems are handed out.
+
+    Flat order while they stream (more than ``capacity``): working sets of one C finish together and
+    keep their width (interleaving the C values cost the nested selections' inner levels 15-20%). When
+    every problem is admitted at once, the split between workers is final, so each share must mix the
+    C values: (fold, target, C) order (in flat order the first worker took the union anchors' small C
+    values and finished at 0.9 s, the other the large ones at 1.9 s).
+    """
+    flat = torch.arange(shape[0] * shape[1] * shape[2], device=device)
+    return flat if len(flat) > capacity else flat.view(shape).transpose(1, 2).reshape(-1)
 
 
 def _on_threads(n: int, fn):

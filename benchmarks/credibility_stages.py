@@ -28,7 +28,10 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `spatial-probing fit` sets it, before torch loads
 
 START = time.perf_counter()
-import spatial_probing.cli.fit as fit_cli  # noqa: E402
+from spatial_probing.cli import _importing  # noqa: E402
+
+with _importing():  # as `spatial-probing fit` imports its modules
+    import spatial_probing.cli.fit as fit_cli
 
 IMPORTED = time.perf_counter() - START
 from spatial_probing.probes import data, module, selection  # noqa: E402

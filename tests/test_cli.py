@@ -38,3 +38,25 @@ def test_extract_print_config_composes_configs_and_overrides(capsys):
                                "view": ["text-pooled", "image", "concat"], "layers": None, "random_init": False}
     assert config["data"]["batch_size"] == 128 and config["data"]["dataset"] == "cambridgeltl/vsr_random"
     assert config["feature_root"] == "outputs/features"
+
+
+def test_command_imports_run_without_the_collector_and_stay_out_of_later_collections():
+    import gc
+
+    from spatial_probing.cli import _importing
+
+    seen = []
+    gc.callbacks.append(watch := lambda phase, info: seen.append(phase))
+    frozen = gc.get_freeze_count()
+    try:
+        with _importing():
+            assert not gc.isenabled()
+            made = [[i] for i in range(100_000)]  # enough allocations to trigger collections if enabled
+        assert seen == [] and gc.isenabled()
+        assert gc.get_freeze_count() >= frozen + len(made)  # moved to the permanent generation
+        with pytest.raises(ImportError), _importing():
+            import spatial_probing_no_such_module  # noqa: F401
+        assert gc.isenabled()  # a failed import leaves the collector on
+    finally:
+        gc.callbacks.remove(watch)
+        gc.unfreeze()

@@ -109,7 +109,9 @@ def test_kept_bases_serve_the_same_rows_of_the_same_features_only(monkeypatch):
     bases = BasisCache(max_entries=2)
     ref = fit_logreg(X, Y, train, CS)
     first = fit_logreg(X, Y, train, CS, bases=bases)
-    again = fit_logreg(X.copy(), 1 - Y, train, CS, bases=bases)  # same features and rows, other labels
+    read_only = X.copy()
+    read_only.setflags(write=False)  # as a memory map of the feature cache
+    again = fit_logreg(read_only, 1 - Y, train, CS, bases=bases)  # same features and rows, other labels
     assert len(builds) == 2  # the uncached fit's, then one for both cached fits
     torch.testing.assert_close(first.W, ref.W, atol=0, rtol=0)
     torch.testing.assert_close(again.W, -ref.W, atol=1e-6, rtol=0)  # labels flipped: the mirrored optimum

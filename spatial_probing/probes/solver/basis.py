@@ -337,10 +337,13 @@ class BasisCache:
 
 
 def _digest(a: ArrayLike) -> tuple:
-    """Content key of an array: its shape, dtype and the SHA-256 of its bytes."""
-    t = as_tensor(a).detach().cpu().contiguous()
-    raw = t.view(torch.uint8) if t.dtype != torch.bool and t.numel() else t.to(torch.uint8)
-    return tuple(t.shape), str(t.dtype), hashlib.sha256(raw.numpy()).digest()
+    """Content key of an array (numpy, memory map or torch): its shape, dtype and the SHA-256 of its bytes."""
+    if isinstance(a, torch.Tensor):
+        t = a.detach().cpu().contiguous()
+        data = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16
+    else:
+        data = np.ascontiguousarray(a)
+    return tuple(data.shape), str(a.dtype).removeprefix("torch."), hashlib.sha256(data).digest()
 
 
 def columns(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -179,8 +179,12 @@ def test_a_queue_admitted_at_once_mixes_the_C_values_in_every_workers_share():
     c_of = (short // 4) % 3
     assert sorted(short.tolist()) == list(range(12))
     assert c_of[:6].tolist() == [0, 1, 2, 0, 1, 2] and c_of[6:].tolist() == [0, 1, 2, 0, 1, 2]
-    streaming = newton._order((5, 3, 4), 10, torch.device("cpu"))  # more than a working set: flat order
-    assert streaming.tolist() == list(range(60))
+    # more than a working set: one C after another, the largest (slowest) first, then fold, then target
+    streaming = newton._order((5, 3, 4), 10, torch.device("cpu"))
+    assert sorted(streaming.tolist()) == list(range(60))
+    c_of, f_of = (streaming // 4) % 3, streaming // 12
+    assert c_of.tolist() == [2] * 20 + [1] * 20 + [0] * 20
+    assert f_of[:20].tolist() == [f for f in range(5) for _ in range(4)]
 
 
 def test_default_workers_keep_working_sets_of_a_minimum_width():

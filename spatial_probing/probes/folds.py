@@ -9,10 +9,10 @@ shuffling exactly is the point, and re-implementing its RNG use would only add a
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from spatial_probing.probes.solver.basis import content_key
 
 
 def stratified_folds(y: np.ndarray, n_splits: int = 5, seed: int = 42) -> np.ndarray:
@@ -20,10 +20,10 @@ def stratified_folds(y: np.ndarray, n_splits: int = 5, seed: int = 42) -> np.nda
 
     Kept per distinct (labels, n_splits, seed), first in first out beyond `_KEPT_SPLITS`: a run's probe
     sets of one task share their targets, hence every outer and inner split (the credibility table asks
-    for each three times: 0.9 s of scikit-learn splitting). Labels are keyed by a digest of their bytes.
+    for each three times: 0.9 s of scikit-learn splitting). Labels are keyed by `content_key`.
     """
-    y = np.ascontiguousarray(y)
-    key = (hashlib.blake2b(y.tobytes(), digest_size=16, person=y.dtype.str.encode()).digest(), n_splits, seed)
+    y = np.asarray(y)
+    key = (content_key(y), n_splits, seed)
     ids = _SPLITS.get(key)
     if ids is None:
         splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -35,7 +35,7 @@ def stratified_folds(y: np.ndarray, n_splits: int = 5, seed: int = 42) -> np.nda
 
 
 _KEPT_SPLITS = 2048
-_SPLITS: dict[tuple[bytes, int, int], np.ndarray] = {}
+_SPLITS: dict[tuple[tuple, int, int], np.ndarray] = {}
 
 
 def grouped_folds(y: np.ndarray, groups: np.ndarray, n_splits: int = 5, seed: int = 42) -> np.ndarray:

@@ -132,7 +132,7 @@ def fit_logreg(
     on the union of its folds and starts every fold there; ``parents[f] = g`` instead starts fold f from fold g's
     answer (g is solved first; nested CV: inner folds from their outer fold), -1 the union.
     ``workers`` threads iterate working sets of their own (`newton.solve`); None: `newton.default_workers`
-    (one per CPU thread while each keeps at least 128 problems; one on a GPU). ``bases`` keeps the
+    (one per CPU thread while each keeps at least `newton.MIN_WORKER_WIDTH` problems; one on a GPU). ``bases`` keeps the
     feature basis for later fits of the same rows of the same X (`BasisCache`); None builds it anew.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")

@@ -325,7 +325,7 @@ class BasisCache:
 
     def build(self, X: ArrayLike, used: torch.Tensor, dtype: torch.dtype, **kwargs) -> Basis:
         """`Basis.build` ``(X, used, dtype, **kwargs)``, or the kept basis of the same arguments."""
-        key = (_digest(X), _digest(used), str(dtype), str(used.device), tuple(sorted(kwargs.items())))
+        key = (content_key(X), content_key(used), str(dtype), str(used.device), tuple(sorted(kwargs.items())))
         if key in self._kept:
             self._kept.move_to_end(key)
             return self._kept[key]
@@ -336,8 +336,10 @@ class BasisCache:
         return basis
 
 
-def _digest(a: ArrayLike) -> tuple:
-    """Content key of an array (numpy, memory map or torch): its shape, dtype and the SHA-256 of its bytes."""
+def content_key(a: ArrayLike) -> tuple[tuple[int, ...], str, bytes]:
+    """Key of an array by its content (numpy, memory map or torch): its shape, dtype and the SHA-256 of its
+    bytes. Caches of results computed from arrays (`BasisCache`, `folds.stratified_folds`) key on it, never
+    on identity, so an edited or reloaded array gets its own entry."""
     if isinstance(a, torch.Tensor):
         t = a.detach().cpu().contiguous()
         data = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16

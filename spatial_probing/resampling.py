@@ -52,12 +52,19 @@ def resample_weights(groups: np.ndarray, unit: Unit, resamples: int, seed: int) 
     resamples of 7,680 rows, 0.07-0.19 s here).
     """
     units, n_units = unit_index(groups, unit)
-    rng, drawn = generator(seed), np.zeros((resamples, n_units), dtype=np.float32)
-    for start in range(0, resamples, BLOCK):
-        stop = min(resamples, start + BLOCK)
-        index = rng.integers(0, n_units, size=(stop - start, n_units)) + n_units * np.arange(stop - start)[:, None]
+    drawn = np.zeros((resamples, n_units), dtype=np.float32)
+    for start, stop, index in _index_draws(generator(seed), n_units, resamples):
+        index = index + n_units * np.arange(stop - start)[:, None]  # one bincount for the block's resamples
         drawn[start:stop] = np.bincount(index.ravel(), minlength=(stop - start) * n_units).reshape(-1, n_units)
     return drawn[:, units]
+
+
+def _index_draws(rng: np.random.Generator, n: int, resamples: int):
+    """``(start, stop, index)`` per block of `BLOCK` resamples: ``index [stop - start, n]`` draws from
+    ``range(n)`` with replacement. The one draw order `resample_weights` and `bootstrap_means` share."""
+    for start in range(0, resamples, BLOCK):
+        stop = min(resamples, start + BLOCK)
+        yield start, stop, rng.integers(0, n, size=(stop - start, n))
 
 
 def swap_draws(groups: np.ndarray, unit: Unit, permutations: int, seed: int) -> np.ndarray:
@@ -77,9 +84,7 @@ def bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray
     rng = generator(seed)
     seeds = None if one_level else rng.integers(0, n_seeds, size=(resamples, n_seeds))
     means = np.empty(resamples)
-    for start in range(0, resamples, BLOCK):
-        stop = min(resamples, start + BLOCK)
-        items = rng.integers(0, n_items, size=(stop - start, n_items))
+    for start, stop, items in _index_draws(rng, n_items, resamples):
         if one_level:
             means[start:stop] = values[0][items].mean(axis=1)
         else:
